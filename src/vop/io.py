@@ -1,0 +1,154 @@
+"""The files that pass between stages (DESIGN.md, "Stage contracts").
+
+h5 files are keyed by image name like hloc's: one group per image, nested when the name holds a "/".
+Every writer goes through `atomic_path`, so a killed job never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def list_h5_names(path: str | Path) -> list[str]:
+    """Image names in an h5 keyed by name (groups that hold datasets), as hloc lists them."""
+    names: set[str] = set()
+
+    def visit(_, obj):
+        if isinstance(obj, h5py.Dataset) and obj.parent.name != "/":
+            names.add(obj.parent.name.strip("/"))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return sorted(names)
+
+
+def _missing(path: Path, f: h5py.File, names: Iterable[str]) -> list[str]:
+    return [n for n in names if n not in f]
+
+
+@dataclass
+class GroundTruth:
+    """Per-image calibration and poses of one scene, plus the co-visibility overlap."""
+
+    names: list[str]
+    K: np.ndarray  # (N,3,3) float64
+    T_w2cam: np.ndarray  # (N,4,4) float64
+    image_size: np.ndarray  # (N,2) [w,h]
+    overlap: np.ndarray | None  # (N,N) float32, None where the dataset has no 3D points
+
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+    def relative_pose(self, i: int, j: int) -> np.ndarray:
+        """T_{i->j}: maps points in camera i to camera j."""
+        return self.T_w2cam[j] @ np.linalg.inv(self.T_w2cam[i])
+
+
+def write_gt(path: str | Path, gt: GroundTruth) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("names", data=np.array(gt.names, dtype=h5py.string_dtype()))
+        if gt.overlap is not None:
+            f.create_dataset("overlap", data=np.asarray(gt.overlap, np.float32))
+        for i, name in enumerate(gt.names):
+            g = f.create_group(name)
+            g.create_dataset("K", data=np.asarray(gt.K[i], np.float64))
+            g.create_dataset("T_w2cam", data=np.asarray(gt.T_w2cam[i], np.float64))
+            g.create_dataset("image_size", data=np.asarray(gt.image_size[i], np.int64))
+
+
+def read_gt(path: str | Path) -> GroundTruth:
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+        K = np.stack([f[n]["K"][()] for n in names]) if names else np.zeros((0, 3, 3))
+        T = np.stack([f[n]["T_w2cam"][()] for n in names]) if names else np.zeros((0, 4, 4))
+        size = np.stack([f[n]["image_size"][()] for n in names]) if names else np.zeros((0, 2))
+        overlap = f["overlap"][()] if "overlap" in f else None
+    return GroundTruth(names, K, T, size, overlap)
+
+
+def read_names(path: str | Path) -> list[str]:
+    """The scene's image order, from the root `names` of a gt.h5."""
+    with h5py.File(path, "r") as f:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+
+
+def write_image_groups(path: str | Path, per_image: dict[str, dict[str, np.ndarray]]) -> None:
+    """Write {image name: {key: array}} as one group per image (features, embeddings, local features)."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, data in per_image.items():
+            g = f.create_group(name)
+            for key, value in data.items():
+                g.create_dataset(key, data=value)
+
+
+def read_stacked(path: str | Path, names: Sequence[str], key: str, dtype=None) -> np.ndarray:
+    """Stack one key over `names` into an array (N, ...), in the order given."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        missing = _missing(path, f, names)
+        if missing:
+            raise KeyError(
+                f"{path}: {len(missing)} image(s) missing, e.g. {missing[:3]}; "
+                "the file is stale or from another scene: delete it and rerun its rule"
+            )
+        if not names:
+            return np.zeros((0,), dtype=dtype or np.float32)
+        out = np.stack([f[n][key][()] for n in names])
+    return out.astype(dtype) if dtype is not None else out
+
+
+def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
+    """hloc pairs format: `query db` per line."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for q, d in pairs:
+            f.write(f"{q} {d}\n")
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    pairs = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{lineno}: expected 'query db', got {line!r}")
+            pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
