@@ -1,0 +1,24 @@
+# VOP overlap retrieval: which images overlap, and what poses that gives.
+# Stages (one .smk each): data -> ground truth -> features -> embeddings -> retrieval -> pose -> metrics.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/retrieval.smk"
+include: "workflow/rules/pose.smk"
+include: "workflow/rules/metrics.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{dataset}/auc.csv", dataset=DATASETS),

@@ -1,0 +1,15 @@
+"""Rule retrieve: pairs.txt, scores.csv and retrieval.json of one method on one scene."""
+from pathlib import Path
+
+from vop.retrieval import run_method
+from vop.utils import setup_logging
+
+setup_logging(snakemake.log[0])
+run_method(
+    dict(snakemake.params.method),
+    snakemake.wildcards.scene,
+    snakemake.input.gt,
+    Path(snakemake.output.pairs).parent,
+    features_h5=snakemake.input.get("features"),
+    embeddings_h5=snakemake.input.get("embeddings"),
+)

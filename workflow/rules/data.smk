@@ -1,0 +1,88 @@
+# Data: raw scenes in their native (ETH3D) layout under resources/, and gt.h5 per scene.
+
+
+rule synthetic_scene:
+    """Render one synthetic scene offline (ETH3D layout: images, COLMAP model with tracks, depth)."""
+    output:
+        multiext(
+            "resources/{dataset}/{scene}/dslr_calibration_undistorted/",
+            "cameras.txt",
+            "images.txt",
+            "points3D.txt",
+        ),
+    params:
+        scene_dir=lambda wc: f"resources/{wc.dataset}/{wc.scene}",
+        synthetic=lambda wc: DATASETS[wc.dataset].get("synthetic", {}),
+    wildcard_constraints:
+        dataset=_alternatives(datasets_of("synthetic")),
+    log:
+        "logs/{dataset}/{scene}/synthetic_scene.log",
+    benchmark:
+        "logs/{dataset}/{scene}/synthetic_scene.benchmark.tsv"
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/synthetic_scene.py"
+
+
+rule download_eth3d:
+    """Fetch the ETH3D_undistorted archive (or say where to put it when there is no network)."""
+    output:
+        "resources/{dataset}/ETH3D_undistorted.zip",
+    params:
+        url=lambda wc: DATASETS[wc.dataset]["url"],
+    wildcard_constraints:
+        dataset=_alternatives(datasets_of("eth3d")),
+    log:
+        "logs/{dataset}/download_eth3d.log",
+    benchmark:
+        "logs/{dataset}/download_eth3d.benchmark.tsv"
+    localrule: True
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/download.py"
+
+
+rule extract_eth3d_scene:
+    """Unpack one scene of the archive (members escaping the target folder are refused)."""
+    input:
+        "resources/{dataset}/ETH3D_undistorted.zip",
+    output:
+        multiext(
+            "resources/{dataset}/ETH3D_undistorted/{scene}/dslr_calibration_undistorted/",
+            "cameras.txt",
+            "images.txt",
+            "points3D.txt",
+        ),
+    params:
+        member_prefix=lambda wc: f"ETH3D_undistorted/{wc.scene}/",
+        target=lambda wc: f"resources/{wc.dataset}",
+    wildcard_constraints:
+        dataset=_alternatives(datasets_of("eth3d")),
+    log:
+        "logs/{dataset}/{scene}/extract_eth3d_scene.log",
+    benchmark:
+        "logs/{dataset}/{scene}/extract_eth3d_scene.benchmark.tsv"
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/extract_eth3d.py"
+
+
+rule ground_truth:
+    """Intrinsics, poses, image sizes and co-visibility overlap of one scene, from its COLMAP model."""
+    input:
+        model_files,
+    output:
+        "results/{dataset}/{scene}/gt.h5",
+    params:
+        scene_dir=lambda wc: f"{dataset_root(wc.dataset)}/{wc.scene}",
+    log:
+        "logs/{dataset}/{scene}/ground_truth.log",
+    benchmark:
+        "logs/{dataset}/{scene}/ground_truth.benchmark.tsv"
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/ground_truth.py"

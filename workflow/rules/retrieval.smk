@@ -1,0 +1,23 @@
+# Retrieval: every method writes pairs.txt, scores.csv and retrieval.json per scene.
+
+
+rule retrieve:
+    """Rank the database images of every query with one configured method."""
+    input:
+        unpack(retrieval_inputs),
+    output:
+        pairs="results/{dataset}/{scene}/{method}/pairs.txt",
+        scores="results/{dataset}/{scene}/{method}/scores.csv",
+        info="results/{dataset}/{scene}/{method}/retrieval.json",
+    params:
+        method=lambda wc: method_params(wc.dataset, wc.method),
+    resources:
+        mem_mb=4000,
+    log:
+        "logs/{dataset}/{scene}/{method}/retrieve.log",
+    benchmark:
+        "logs/{dataset}/{scene}/{method}/retrieve.benchmark.tsv"
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/retrieve.py"
