@@ -1,0 +1,179 @@
+"""Dump backbone features of a scene's images to features-{backbone}.h5 (DESIGN.md, "features").
+
+Each image is resized to 224x224 (both axes, as the VOP reference), passed through the backbone in
+batches while a thread pool reads the next batch, and written as one h5 group per image name:
+`global_descriptor` (C,) float32, `patch_descriptors` (256,C) float16, `keypoints` (256,2) float32
+(patch centres in resized-image pixels), `image_size` (2,) original [w,h].
+
+    python -m vop.features --image-dir D --names-from gt.h5 --backbone dense_sift --out features.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import torch
+
+from . import io
+from .backbones import BACKBONES, Backbone, load_backbone
+
+logger = logging.getLogger(__name__)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """(H,W,3) uint8 RGB; a missing or undecodable file raises an error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image not found; check --image-dir and the names in --names-from")
+    # The stored pixel grid, not EXIF-rotated: camera models (COLMAP, the datasets) describe it.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ValueError(f"{path}: cannot decode the image (corrupt or not an image); replace or remove it")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def resize_image(image: np.ndarray, size: int = Backbone.image_size) -> np.ndarray:
+    """Resize both axes to size x size (aspect not kept, as the VOP reference); INTER_AREA."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def patch_keypoints(grid: int = Backbone.grid, patch_size: int = Backbone.patch_size) -> np.ndarray:
+    """(grid*grid, 2) float32 patch centres [x, y], row-major: x = 14*col + 7, y = 14*row + 7."""
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    return np.stack([cols, rows], axis=1).astype(np.float32) * patch_size + patch_size / 2
+
+
+def read_names_file(path: str | Path) -> list[str]:
+    """Image names from a gt.h5 (root dataset `names`) or a text file with one name per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: names file not found")
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            if "names" not in f:
+                raise KeyError(f"{path}: no root dataset `names`; pass the scene's gt.h5 or a text file of names")
+        return io.read_names(path)
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _load(image_dir: Path, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    image = read_image(image_dir / name)
+    original_size = np.array([image.shape[1], image.shape[0]], np.int64)  # [w, h]
+    return resize_image(image, size), original_size
+
+
+def extract_features(
+    image_dir: str | Path,
+    names: Sequence[str],
+    backbone: Backbone,
+    batch_size: int = 16,
+    num_workers: int = 2,
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Yield (name, groups of the features file) in the order of `names`, batch by batch.
+
+    The images of batch k+1 are read and resized in a thread pool while batch k runs through the
+    backbone, so neither the disk nor the model waits on the other.
+    """
+    image_dir = Path(image_dir)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keypoints = patch_keypoints(backbone.grid, backbone.patch_size)
+    batches = [list(names[i : i + batch_size]) for i in range(0, len(names), batch_size)]
+    pool = ThreadPoolExecutor(max(1, num_workers), thread_name_prefix="vop-read")
+    try:
+
+        def submit(batch: list[str]) -> list[Future]:
+            return [pool.submit(_load, image_dir, name, backbone.image_size) for name in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for k, batch in enumerate(batches):
+            loaded = [future.result() for future in pending]
+            pending = submit(batches[k + 1]) if k + 1 < len(batches) else []
+            pixels = torch.from_numpy(np.stack([image for image, _ in loaded]))
+            images = pixels.to(backbone.device).permute(0, 3, 1, 2).float().div_(255.0)
+            global_descriptors, patch_descriptors = backbone(images)
+            global_descriptors = global_descriptors.float().cpu().numpy()
+            patch_descriptors = patch_descriptors.cpu().numpy().astype(np.float16)
+            for i, name in enumerate(batch):
+                yield name, {
+                    "global_descriptor": global_descriptors[i],
+                    "patch_descriptors": patch_descriptors[i],
+                    "keypoints": keypoints,
+                    "image_size": loaded[i][1],
+                }
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _StreamedGroups:
+    """Hands `extract_features` to io.write_image_groups as {name: groups}.items(), so a scene is
+    written while it is extracted instead of held in memory (vitl14 is 0.5 MB per image)."""
+
+    def __init__(self, groups: Iterator[tuple[str, dict[str, np.ndarray]]]):
+        self._groups = groups
+
+    def items(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        return self._groups
+
+
+def dump_features(
+    image_dir: str | Path,
+    names: Sequence[str],
+    backbone: Backbone,
+    out_path: str | Path,
+    batch_size: int = 16,
+    num_workers: int = 2,
+) -> Path:
+    """Write features-{backbone}.h5 for `names` (paths relative to `image_dir`), atomically."""
+    names = list(names)
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"duplicate image names {duplicates[:3]}: each image gets one group in {out_path}")
+    start = time.perf_counter()
+    groups = extract_features(image_dir, names, backbone, batch_size, num_workers)
+    # write_image_groups writes into a temporary file and moves it into place only when all succeeded.
+    io.write_image_groups(out_path, _StreamedGroups(groups))
+    elapsed = time.perf_counter() - start
+    logger.info(
+        "wrote %s features of %d images to %s (%.1f images/s)",
+        backbone.name, len(names), out_path, len(names) / max(elapsed, 1e-9),
+    )
+    return Path(out_path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from .utils import setup_logging
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-dir", type=Path, required=True, help="root the image names are relative to")
+    parser.add_argument(
+        "--names-from", type=Path, required=True, help="gt.h5 (root `names`) or a text file, one name per line"
+    )
+    parser.add_argument("--backbone", required=True, choices=BACKBONES)
+    parser.add_argument(
+        "--weights", default=None, help="backbone weights: a .pth file, a Hugging Face folder, hf, hub or random"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="features-{backbone}.h5 to write")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=2, help="threads reading images")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--log", default=None, help="log file (default: stderr)")
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    names = read_names_file(args.names_from)
+    backbone = load_backbone(args.backbone, args.weights, args.device)
+    dump_features(args.image_dir, names, backbone, args.out, args.batch_size, args.num_workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The metrics table: pose AUC of the retrieved pairs and retrieval recall (DESIGN.md, `auc.csv`).
+
+Protocol (the VOP paper's): per query, of its retrieved pairs the one with the most RANSAC inliers counts,
+with error max(R_err, t_err); the AUC of the cumulative error curve at 5/10/20 degrees summarises a
+method. Retrieval recall@k compares the retrieved images with the ground-truth co-visibility overlap.
+
+    python -m vop.metrics summarize --entries entries.json --output results/megadepth/auc.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from vop.io import GroundTruth, read_gt, read_pairs, write_csv
+
+logger = logging.getLogger(__name__)
+
+AUC_THRESHOLDS = (5, 10, 20)
+POSE_COLUMNS = ["query", "db", "num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]
+SUMMARY_COLUMNS = ["method", "scene", "num_queries", "auc@5", "auc@10", "auc@20",
+                   "mean_matches", "mean_inliers", "recall@k", "k"]
+ENTRY_KEYS = ("method", "scene", "pose_csv", "pairs_txt", "gt_h5", "k")
+
+
+def pose_auc(errors: Iterable[float], thresholds: Sequence[float] = AUC_THRESHOLDS) -> list[float]:
+    """Area under the cumulative error curve up to each threshold, in percent of the threshold.
+
+    Failures (inf or nan) count in the denominator but never reach the curve; no errors give 0.
+    """
+    errors = np.asarray(list(errors), np.float64)
+    if errors.size == 0:
+        return [0.0 for _ in thresholds]
+    errors = np.sort(np.where(np.isnan(errors), np.inf, errors))
+    recall = np.arange(1, len(errors) + 1) / len(errors)
+    errors = np.r_[0.0, errors]
+    recall = np.r_[0.0, recall]
+    aucs = []
+    for t in thresholds:
+        last = np.searchsorted(errors, t)
+        r = np.r_[recall[:last], recall[last - 1]]
+        e = np.r_[errors[:last], t]
+        area = np.sum(np.diff(e) * (r[1:] + r[:-1]) / 2.0)  # trapezoid rule
+        aucs.append(float(area / t * 100.0))
+    return aucs
+
+
+def read_pose_csv(path: str | Path) -> pd.DataFrame:
+    """pose.csv with names kept as strings (no 'NA' -> NaN) and inf errors as floats."""
+    path = Path(path)
+    df = pd.read_csv(path, dtype={"query": str, "db": str}, keep_default_na=False)
+    missing = [c for c in POSE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {POSE_COLUMNS}. "
+                         "The file is not a pose.csv or is from an older version: rerun the pose rule")
+    for col in ["num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]:
+        df[col] = pd.to_numeric(df[col], errors="raise").astype(np.float64)
+    return df
+
+
+def best_pair_errors(pose_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per query (in order of first appearance): its pair with the most inliers.
+
+    Ties go to the pair listed first, i.e. the best retrieval rank. Adds `error` = max(R_err, t_err).
+    """
+    if len(pose_df) == 0:
+        return pose_df.assign(error=pd.Series(dtype=np.float64)).reset_index(drop=True)
+    df = pose_df.reset_index(drop=True)
+    # idxmax returns the first occurrence of the maximum; sort=False keeps the query order.
+    best = df.groupby("query", sort=False)["num_inliers"].idxmax()
+    out = df.loc[best.to_numpy()].reset_index(drop=True)
+    out["error"] = np.maximum(out["R_err_deg"].to_numpy(np.float64), out["t_err_deg"].to_numpy(np.float64))
+    return out
+
+
+def retrieved_per_query(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """{query: db names in file order (best first)}, queries in order of first appearance."""
+    out: dict[str, list[str]] = {}
+    for query, db in pairs:
+        out.setdefault(query, []).append(db)
+    return out
+
+
+def num_relevant(gt: GroundTruth, tau: float = 0.1) -> np.ndarray:
+    """(N,) number of images with overlap >= tau with each image (row i: overlap of i with j), self excluded."""
+    if gt.overlap is None:
+        raise ValueError("the ground truth has no overlap matrix (dataset without 3D points)")
+    relevant = np.asarray(gt.overlap) >= tau
+    np.fill_diagonal(relevant, False)
+    return relevant.sum(axis=1)
+
+
+def retrieval_recall_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int,
+                               tau: float = 0.1, gt_path: str | Path = "the ground truth") -> np.ndarray:
+    """|top-k retrieved ∩ relevant| / min(k, |relevant|) for each query with a relevant image.
+
+    Relevant: overlap[q, j] >= tau, j != q (over all images of the ground truth). Queries without a
+    relevant image are left out (no retrieval can score there), so the overlap oracle gets 1 everywhere.
+    """
+    if gt.overlap is None:
+        raise ValueError(f"{gt_path} has no overlap matrix, so retrieval recall is undefined for it")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    index = gt.index()
+    relevant = np.asarray(gt.overlap) >= tau
+    np.fill_diagonal(relevant, False)
+    recalls = []
+    for query, dbs in retrieved_per_query(pairs).items():
+        for name in (query, *dbs):
+            if name not in index:
+                raise ValueError(f"image {name!r} of the retrieved pairs is not in {gt_path}; "
+                                 "the pairs file is from another scene or stale: rerun its retrieval rule")
+        q = index[query]
+        n_rel = int(relevant[q].sum())
+        if n_rel == 0:
+            continue
+        top = list(dict.fromkeys(dbs))[:k]  # a repeated db must not count twice
+        hits = int(relevant[q, [index[d] for d in top]].sum()) if top else 0
+        recalls.append(hits / min(k, n_rel))
+    return np.asarray(recalls, np.float64)
+
+
+def retrieval_recall(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = 0.1) -> float:
+    """Mean recall@k in percent over queries with at least one relevant image (0 when there are none)."""
+    per_query = retrieval_recall_per_query(pairs, gt, k, tau)
+    return float(per_query.mean() * 100.0) if per_query.size else 0.0
+
+
+def _scene_stats(entry: dict, tau: float) -> dict:
+    """Everything one (method, scene) contributes, kept per query/pair so that ALL can pool it."""
+    for key in ENTRY_KEYS:
+        if key not in entry:
+            raise ValueError(f"summarize entry {entry}: missing key {key!r}; expected keys {list(ENTRY_KEYS)}")
+    pose_df = read_pose_csv(entry["pose_csv"])
+    best = best_pair_errors(pose_df)
+    gt = read_gt(entry["gt_h5"])
+    recalls = None
+    if gt.overlap is not None:
+        pairs = read_pairs(entry["pairs_txt"])
+        recalls = retrieval_recall_per_query(pairs, gt, int(entry["k"]), tau, gt_path=entry["gt_h5"])
+    return {
+        "errors": best["error"].to_numpy(np.float64),
+        "matches": pose_df["num_matches"].to_numpy(np.float64),
+        "inliers": pose_df["num_inliers"].to_numpy(np.float64),
+        "recalls": recalls,
+        "k": int(entry["k"]),
+    }
+
+
+def _row(method: str, scene: str, stats: Sequence[dict]) -> list:
+    errors = np.concatenate([s["errors"] for s in stats])
+    matches = np.concatenate([s["matches"] for s in stats])
+    inliers = np.concatenate([s["inliers"] for s in stats])
+    with_overlap = [s["recalls"] for s in stats if s["recalls"] is not None]
+    recalls = np.concatenate(with_overlap) if with_overlap else np.zeros(0)
+    ks = sorted({s["k"] for s in stats})
+    if len(ks) > 1:
+        raise ValueError(f"method {method!r}: scenes were retrieved with different k {ks}; "
+                         "recall@k cannot be pooled over them: use one k per method")
+    aucs = pose_auc(errors)
+
+    def mean(x: np.ndarray) -> float:
+        return float(x.mean()) if x.size else 0.0
+
+    # Without overlap ground truth (e.g. posed images but no 3D points) recall is undefined: the cell
+    # stays empty rather than showing a number that was never measured.
+    recall = round(mean(recalls) * 100.0, 4) if with_overlap and recalls.size else ""
+    return [method, scene, len(errors), *(round(a, 4) for a in aucs),
+            round(mean(matches), 4), round(mean(inliers), 4), recall, ks[0]]
+
+
+def summarize(entries: Sequence[dict], out_csv: str | Path, tau: float = 0.1) -> pd.DataFrame:
+    """Write auc.csv: one row per (method, scene), then the method's ALL row (all queries pooled).
+
+    entries: dicts {method, scene, pose_csv, pairs_txt, gt_h5, k}. Methods keep the order given,
+    scenes are sorted within a method.
+    """
+    by_method: dict[str, dict[str, dict]] = defaultdict(dict)
+    for entry in entries:
+        method, scene = str(entry.get("method")), str(entry.get("scene"))
+        if scene == "ALL":
+            raise ValueError(f"summarize: a scene may not be called 'ALL' (method {method!r})")
+        if scene in by_method[method]:
+            raise ValueError(f"summarize: ({method}, {scene}) given twice")
+        by_method[method][scene] = _scene_stats(entry, tau)
+
+    rows = []
+    for method, scenes in by_method.items():
+        for scene in sorted(scenes):
+            rows.append(_row(method, scene, [scenes[scene]]))
+        rows.append(_row(method, "ALL", list(scenes.values())))
+    write_csv(out_csv, SUMMARY_COLUMNS, rows)
+    logger.info("Wrote %d rows to %s", len(rows), out_csv)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vop.metrics", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    summ = sub.add_parser("summarize", help="pose AUC and retrieval recall table -> auc.csv")
+    summ.add_argument("--entries", type=Path, required=True,
+                      help="JSON list of {method, scene, pose_csv, pairs_txt, gt_h5, k}")
+    summ.add_argument("--output", type=Path, required=True, help="auc.csv to write")
+    summ.add_argument("--tau", type=float, default=0.1, help="overlap above which an image is relevant")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    try:
+        entries = json.loads(args.entries.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{args.entries}: not valid JSON ({err}); expected a list of entries") from err
+    if not isinstance(entries, list):
+        raise SystemExit(f"{args.entries}: expected a JSON list of entries, got {type(entries).__name__}")
+    table = summarize(entries, args.output, tau=args.tau)
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
