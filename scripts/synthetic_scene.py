@@ -16,4 +16,5 @@ synthetic.generate_scene(
     width=conf.get("width", 640),
     height=conf.get("height", 480),
     textures=textures,
+    overwrite=True,  # Snakemake created the output folders before the job
 )

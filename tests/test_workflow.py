@@ -1,5 +1,6 @@
 """The workflow end to end: snakemake on a tiny synthetic dataset, caching, and reruns after a config change."""
 
+import copy
 import math
 import os
 import re
@@ -97,19 +98,31 @@ def test_rerun_does_nothing(tiny_run):
     assert "Nothing to be done" in out
 
 
-def test_changing_vop_prefilter_reruns_only_vop(tiny_run):
-    config = yaml.safe_load(yaml.safe_dump(TINY_CONFIG))
-    config["methods"]["vop"]["prefilter"] = 4
-    workdir = tiny_run.parent / "tiny_changed"
-    shutil.copytree(tiny_run, workdir, symlinks=True)
+def copy_run(tiny_run, name, config):
+    workdir = tiny_run.parent / name
+    shutil.copytree(tiny_run, workdir, symlinks=True)  # keeps mtimes and .snakemake metadata
     write_config(workdir, config)
-    out = snakemake(workdir, "-n", "results/tiny/auc.csv")
+    return workdir
+
+
+def test_reordering_config_keys_reruns_nothing(tiny_run):
+    reordered = yaml.safe_load(yaml.safe_dump(TINY_CONFIG, sort_keys=True))
+    out = snakemake(copy_run(tiny_run, "tiny_sorted", reordered), "-n", "results/tiny/auc.csv")
+    assert "Nothing to be done" in out
+
+
+def test_changing_vop_prefilter_reruns_only_vop(tiny_run):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["methods"]["vop"]["prefilter"] = 4
+    out = snakemake(copy_run(tiny_run, "tiny_changed", config), "-n", "results/tiny/auc.csv")
     assert job_counts(out) == {"retrieve": 2, "pose": 2, "auc_table": 1}
-    assert "results/tiny/room_a/vop/pairs.txt" in out and "cls/pairs.txt" not in out
+    outputs = " ".join(line for line in out.splitlines() if line.strip().startswith("output:"))
+    assert "results/tiny/room_a/vop/pairs.txt" in outputs and "results/tiny/room_b/vop/pose.csv" in outputs
+    assert "/cls/" not in outputs and "/oracle/" not in outputs and "/random/" not in outputs
 
 
 def test_config_typo_is_rejected(tmp_path):
-    config = yaml.safe_load(yaml.safe_dump(TINY_CONFIG))
+    config = copy.deepcopy(TINY_CONFIG)
     config["methods"]["vop"]["prefiltr"] = 4
     write_config(tmp_path, config)
     cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n"]

@@ -9,6 +9,16 @@ METHODS = config["methods"]
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
 
 
+def canonical(value):
+    """A config value with its mappings' keys sorted: params are compared as written, so reordering
+    keys in config.yaml must not look like a change and rerun jobs."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
 def _alternatives(names):
     return "|".join(re.escape(n) for n in names) or NEVER
 
@@ -84,7 +94,7 @@ def method_params(dataset, method):
     entry = dict(METHODS[method])
     if entry["type"] in ("vop", "cls"):
         entry["backbone"] = backbone_of(dataset)
-    return entry
+    return canonical(entry)
 
 
 def retrieval_inputs(wildcards):

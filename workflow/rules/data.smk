@@ -12,7 +12,7 @@ rule synthetic_scene:
         ),
     params:
         scene_dir=lambda wc: f"resources/{wc.dataset}/{wc.scene}",
-        synthetic=lambda wc: DATASETS[wc.dataset].get("synthetic", {}),
+        synthetic=lambda wc: canonical(DATASETS[wc.dataset].get("synthetic", {})),
     wildcard_constraints:
         dataset=_alternatives(datasets_of("synthetic")),
     log:

@@ -9,7 +9,7 @@ rule features:
         "results/{dataset}/{scene}/features-{backbone}.h5",
     params:
         image_dir=lambda wc: image_dir(wc.dataset, wc.scene),
-        backbone=lambda wc: config["backbones"][wc.backbone],
+        backbone=lambda wc: canonical(config["backbones"][wc.backbone]),
     threads: 2
     resources:
         gpu=1,
@@ -31,7 +31,7 @@ rule embeddings:
     output:
         "results/{dataset}/{scene}/embeddings-{encoder}.h5",
     params:
-        encoder=lambda wc: config["encoders"][wc.encoder],
+        encoder=lambda wc: canonical(config["encoders"][wc.encoder]),
     resources:
         gpu=1,
         mem_mb=4000,

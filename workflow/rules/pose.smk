@@ -9,7 +9,7 @@ rule local_features:
         "results/{dataset}/{scene}/local_features.h5",
     params:
         image_dir=lambda wc: image_dir(wc.dataset, wc.scene),
-        conf=config.get("local_features", {}),
+        conf=canonical(config.get("local_features", {})),
     threads: 2
     resources:
         mem_mb=4000,
@@ -32,7 +32,7 @@ rule pose:
     output:
         "results/{dataset}/{scene}/{method}/pose.csv",
     params:
-        conf=config.get("pose", {}),
+        conf=canonical(config.get("pose", {})),
     threads: 2
     resources:
         mem_mb=4000,
