@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -29,6 +30,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder `src` to `dst`, swapping out an existing `dst` in two renames."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def list_h5_names(path: str | Path) -> list[str]:

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from vop.datasets import colmap
-from vop.io import write_gt
+from vop.io import replace_dir, write_gt
 
 SCENES = (
     "courtyard", "delivery_area", "electro", "facade", "kicker", "meadow", "office", "pipes", "playground",
@@ -158,14 +158,7 @@ def extract_zip(archive: str | Path, target: str | Path, overwrite: bool = False
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             zf.extractall(tmp, members)
-            extracted = tmp / member_prefix if member_prefix else tmp
-            if final.exists():
-                old = final.with_name(f".{final.name}.old{os.getpid()}")
-                os.replace(final, old)
-                os.replace(extracted, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(extracted, final)
+            replace_dir(tmp / member_prefix if member_prefix else tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final

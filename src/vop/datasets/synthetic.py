@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from vop.datasets import colmap, eth3d
+from vop.io import replace_dir
 
 # Photographs and scans shipped inside scikit-image's wheel (no pooch download needed). The two lists are
 # disjoint so an encoder trained on TRAIN scenes is evaluated on textures it never saw; near-duplicates
@@ -639,13 +640,7 @@ def generate_scene(out_dir: str | Path, seed: int, num_images: int = 24, width: 
                     for s, p in enumerate(keep)}
         colmap.write_model_text(colmap.Model(cameras, images, points3D), tmp / MODEL_DIR)
 
-        if out_dir.exists():  # overwrite: swap in the new scene, then drop the old one
-            old = out_dir.parent / f".{out_dir.name}.old{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)  # with overwrite: swap in the new scene, then drop the old one
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     scene.points3D = points[keep]
