@@ -125,3 +125,18 @@ def test_cli_with_gt_h5_and_text_names(image_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--names-from" in capsys.readouterr().out
+
+
+def test_flipped_tokens_are_the_tokens_of_the_mirrored_image(image_dir, dense_sift, tmp_path):
+    name = "c.jpg"  # already 224x224: no resize, so mirroring commutes with the preprocessing exactly
+    features = read_all(dump_features(image_dir, [name], dense_sift, tmp_path / "f.h5", with_flipped=True))
+    (tmp_path / "mirrored").mkdir()
+    # PNG keeps the mirrored pixels exact (a JPEG round trip would not)
+    assert cv2.imwrite(str(tmp_path / "mirrored/c.png"), cv2.imread(str(image_dir / name))[:, ::-1])
+    mirrored = read_all(dump_features(tmp_path / "mirrored", ["c.png"], dense_sift, tmp_path / "m.h5"))
+    np.testing.assert_allclose(
+        features[name]["patch_descriptors_flipped"].astype(np.float32),
+        mirrored["c.png"]["patch_descriptors"].astype(np.float32),
+        atol=1e-3,
+    )
+    assert not np.allclose(features[name]["patch_descriptors_flipped"], features[name]["patch_descriptors"], atol=1e-2)

@@ -78,8 +78,12 @@ def extract_features(
     backbone: Backbone,
     batch_size: int = 16,
     num_workers: int = 2,
+    with_flipped: bool = False,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Yield (name, groups of the features file) in the order of `names`, batch by batch.
+
+    With `with_flipped`, each group also holds `patch_descriptors_flipped`: the tokens of the
+    horizontally mirrored image (in its own grid order), for the encoder's flip augmentation.
 
     The images of batch k+1 are read and resized in a thread pool while batch k runs through the
     backbone, so neither the disk nor the model waits on the other.
@@ -104,13 +108,18 @@ def extract_features(
             global_descriptors, patch_descriptors = backbone(images)
             global_descriptors = global_descriptors.float().cpu().numpy()
             patch_descriptors = patch_descriptors.cpu().numpy().astype(np.float16)
+            if with_flipped:
+                flipped = backbone(images.flip(-1))[1].cpu().numpy().astype(np.float16)
             for i, name in enumerate(batch):
-                yield name, {
+                groups = {
                     "global_descriptor": global_descriptors[i],
                     "patch_descriptors": patch_descriptors[i],
                     "keypoints": keypoints,
                     "image_size": loaded[i][1],
                 }
+                if with_flipped:
+                    groups["patch_descriptors_flipped"] = flipped[i]
+                yield name, groups
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -133,6 +142,7 @@ def dump_features(
     out_path: str | Path,
     batch_size: int = 16,
     num_workers: int = 2,
+    with_flipped: bool = False,
 ) -> Path:
     """Write features-{backbone}.h5 for `names` (paths relative to `image_dir`), atomically."""
     names = list(names)
@@ -140,7 +150,7 @@ def dump_features(
     if duplicates:
         raise ValueError(f"duplicate image names {duplicates[:3]}: each image gets one group in {out_path}")
     start = time.perf_counter()
-    groups = extract_features(image_dir, names, backbone, batch_size, num_workers)
+    groups = extract_features(image_dir, names, backbone, batch_size, num_workers, with_flipped)
     # write_image_groups writes into a temporary file and moves it into place only when all succeeded.
     io.write_image_groups(out_path, _StreamedGroups(groups))
     elapsed = time.perf_counter() - start
@@ -167,12 +177,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2, help="threads reading images")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--with-flipped", action="store_true", help="also store tokens of the mirrored images")
     parser.add_argument("--log", default=None, help="log file (default: stderr)")
     args = parser.parse_args(argv)
     setup_logging(args.log)
     names = read_names_file(args.names_from)
     backbone = load_backbone(args.backbone, args.weights, args.device)
-    dump_features(args.image_dir, names, backbone, args.out, args.batch_size, args.num_workers)
+    dump_features(args.image_dir, names, backbone, args.out, args.batch_size, args.num_workers, args.with_flipped)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,11 @@ def read_names(path: str | Path) -> list[str]:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
 
 
-def write_image_groups(path: str | Path, per_image: dict[str, dict[str, np.ndarray]]) -> None:
-    """Write {image name: {key: array}} as one group per image (features, embeddings, local features)."""
+def write_image_groups(path: str | Path, per_image) -> None:
+    """Write {image name: {key: array}} as one group per image (features, embeddings, local features).
+
+    Only `per_image.items()` is used, once: a streaming object whose items() is a generator works too.
+    """
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name, data in per_image.items():
             g = f.create_group(name)

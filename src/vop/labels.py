@@ -1,0 +1,277 @@
+"""Ground-truth patch correspondences from depth: the supervision of the VOP encoder.
+
+The backbone sees an image resized to 224x224 (each axis scaled on its own) and cut into a 16x16 grid of
+14x14 patches, patch index = row * 16 + col. In the original image, patch (row, col) covers
+x in [col * W / 16, (col + 1) * W / 16) and y likewise, so a pixel's patch follows from its coordinates
+without resizing anything.
+
+For a pair (A, B), every (or every `stride`-th) pixel of A with valid depth is lifted to 3D, moved into B,
+projected, and kept only where B's depth map agrees (so occluded pixels drop out); shared pixels are pooled
+into a patch-by-patch count matrix. Positive patch pairs are the mutual best partners of that matrix, every
+other patch pair is negative. Image pairs are sampled per overlap bin from gt.h5, plus non-overlapping
+pairs, and the result is cached per scene::
+
+    python -m vop.labels --scene-dir resources/eth3d/courtyard --gt results/eth3d/courtyard/gt.h5 \\
+        --out results/eth3d/courtyard/labels.h5
+
+Cache layout (root datasets): `names` (N,) str, `pairs` (M,2) int32 indices into names with i < j,
+`bins` (M,) int8 (-1: non-overlapping), `overlap` (M,) float32, `offsets` (M+1,) int64 and `positives`
+(sum P, 2) int16 (patch of image i, patch of image j): pair m's positives are
+positives[offsets[m]:offsets[m+1]]. Attributes: grid and the parameters used.
+
+Pixel convention (COLMAP, as the synthetic renderer): integer pixel (u, v) has its centre at
+(u + 0.5, v + 0.5) in K's coordinates, and a continuous point (x, y) lies in pixel (floor(x), floor(y)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vop.datasets import eth3d
+from vop.io import atomic_path, read_gt
+
+logger = logging.getLogger(__name__)
+
+GRID = 16
+DEFAULT_BINS = ((0.1, 0.3), (0.3, 0.5), (0.5, 0.7))
+NEGATIVE_EPS = 1e-6  # overlap at or below this counts as "no overlap"
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch correspondences of one pair
+
+
+def pixel_patches(x: np.ndarray, y: np.ndarray, width: int, height: int, grid: int = GRID) -> np.ndarray:
+    """Patch index (row * grid + col) of continuous image points (x, y) inside a width x height image."""
+    col = np.clip(np.floor(x * (grid / width)), 0, grid - 1).astype(np.int64)
+    row = np.clip(np.floor(y * (grid / height)), 0, grid - 1).astype(np.int64)
+    return row * grid + col
+
+
+def patch_correspondences(depth_a: np.ndarray, K_a: np.ndarray, T_w2cam_a: np.ndarray,
+                          depth_b: np.ndarray, K_b: np.ndarray, T_w2cam_b: np.ndarray,
+                          grid: int = GRID, stride: int = 1, depth_tol: float = 0.05) -> np.ndarray:
+    """Counts (grid^2, grid^2) int64: [patch of A, patch of B] -> pixels of A seen in B at that patch.
+
+    Pixels of A are sampled every `stride` pixels in x and y (starting at stride // 2). A pixel counts where
+    its depth is finite and positive, it lands in front of B and inside B, and B's depth at the landing
+    pixel agrees with the transformed depth within `depth_tol` (relative); otherwise it is occluded in B
+    or B has no depth there, and it is dropped.
+    """
+    depth_a = np.asarray(depth_a)
+    depth_b = np.asarray(depth_b)
+    if depth_a.ndim != 2 or depth_b.ndim != 2:
+        raise ValueError(f"depth maps must be 2D (H,W), got shapes {depth_a.shape} and {depth_b.shape}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    h_a, w_a = depth_a.shape
+    h_b, w_b = depth_b.shape
+    n = grid * grid
+
+    start = stride // 2
+    v, u = np.mgrid[start:h_a:stride, start:w_a:stride]
+    z = depth_a[v, u].astype(np.float64)
+    valid = np.isfinite(z) & (z > 0)
+    u, v, z = u[valid], v[valid], z[valid]
+
+    # Lift pixel centres with K_a^-1 (handles skew), then move A -> B in one 3x4 transform.
+    pix = np.stack([u + 0.5, v + 0.5, np.ones_like(z)])  # (3,P)
+    rays = np.linalg.solve(np.asarray(K_a, np.float64), pix)
+    T_ab = np.asarray(T_w2cam_b, np.float64) @ np.linalg.inv(np.asarray(T_w2cam_a, np.float64))
+    X_b = T_ab[:3, :3] @ (rays * z) + T_ab[:3, 3:]
+    z_b = X_b[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        proj = np.asarray(K_b, np.float64) @ X_b
+        x_b, y_b = proj[0] / proj[2], proj[1] / proj[2]
+    keep = (z_b > 0) & (x_b >= 0) & (x_b < w_b) & (y_b >= 0) & (y_b < h_b)
+
+    u, v, z_b, x_b, y_b = u[keep], v[keep], z_b[keep], x_b[keep], y_b[keep]
+    col_b = np.minimum(x_b.astype(np.int64), w_b - 1)  # floor: non-negative here
+    row_b = np.minimum(y_b.astype(np.int64), h_b - 1)
+    seen = depth_b[row_b, col_b].astype(np.float64)
+    visible = np.abs(seen - z_b) <= depth_tol * z_b  # inf (no depth) compares False
+    u, v, x_b, y_b = u[visible], v[visible], x_b[visible], y_b[visible]
+
+    patch_a = pixel_patches(u + 0.5, v + 0.5, w_a, h_a, grid)
+    patch_b = pixel_patches(x_b, y_b, w_b, h_b, grid)
+    return np.bincount(patch_a * n + patch_b, minlength=n * n).reshape(n, n)
+
+
+def mutual_positives(counts: np.ndarray) -> np.ndarray:
+    """(P,2) int64 pairs (a, b) that are each other's partner with most shared pixels, counts > 0.
+
+    Ties go to the lowest index (np.argmax), so the result is deterministic and one to one.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 2:
+        raise ValueError(f"counts must be 2D, got shape {counts.shape}")
+    if counts.size == 0:
+        return np.zeros((0, 2), np.int64)
+    best_b = counts.argmax(axis=1)  # per patch of A
+    best_a = counts.argmax(axis=0)  # per patch of B
+    a = np.arange(counts.shape[0])
+    mutual = (best_a[best_b] == a) & (counts[a, best_b] > 0)
+    return np.stack([a[mutual], best_b[mutual]], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair sampling
+
+
+def sample_pairs(overlap: np.ndarray, bins=DEFAULT_BINS, pairs_per_bin: int = 100, num_negative: int = 100,
+                 seed: int = 0, eps: float = NEGATIVE_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered image pairs (M,2) int64 with i < j, and their bin index (M,) int64.
+
+    Bins are half-open [lo, hi); up to `pairs_per_bin` pairs are drawn uniformly without replacement from
+    each, then up to `num_negative` pairs with overlap <= eps get bin -1. An asymmetric overlap is read
+    as min(o_ij, o_ji) so that a pair means the same whichever image comes first. Same seed, same pairs.
+    """
+    overlap = np.asarray(overlap, np.float64)
+    if overlap.ndim != 2 or overlap.shape[0] != overlap.shape[1]:
+        raise ValueError(f"overlap must be square (N,N), got shape {overlap.shape}")
+    i, j = np.triu_indices(len(overlap), k=1)
+    o = np.minimum(overlap[i, j], overlap[j, i])  # NaN stays NaN and matches no bin
+    rng = np.random.default_rng(seed)
+    groups = [((o >= lo) & (o < hi), k, pairs_per_bin) for k, (lo, hi) in enumerate(bins)]
+    groups.append((o <= eps, -1, num_negative))
+    picked, labels = [], []
+    for mask, label, limit in groups:
+        candidates = np.flatnonzero(mask)
+        chosen = np.sort(rng.choice(candidates, size=min(int(limit), len(candidates)), replace=False))
+        picked.append(chosen)
+        labels.append(np.full(len(chosen), label, np.int64))
+    picked = np.concatenate(picked).astype(np.int64)
+    return np.stack([i[picked], j[picked]], axis=1).reshape(-1, 2), np.concatenate(labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# One scene
+
+
+def depth_path(scene_dir: str | Path, name: str) -> Path:
+    """ETH3D layout: the depth map of image `name` (relative to images/) is found by its basename."""
+    scene_dir = Path(scene_dir)
+    depth_dir = eth3d.scene_paths(scene_dir.parent, scene_dir.name)[2]
+    return depth_dir / Path(name).name
+
+
+def _load_depth(scene_dir: Path, name: str, size) -> np.ndarray:
+    path = depth_path(scene_dir, name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: depth map of image {name} not found; training labels need ground-truth depth for every "
+            f"image, so use a dataset that provides it (ETH3D ground_truth_depth, synthetic scenes) or check "
+            f"that --scene-dir {scene_dir} is the scene folder holding {eth3d.DEPTH_SUBDIR}"
+        )
+    width, height = (int(s) for s in size)
+    return eth3d.read_depth(path, width, height)
+
+
+def scene_labels(scene_dir: str | Path, gt_h5: str | Path, out_h5: str | Path, pairs_per_bin: int = 100,
+                 num_negative: int = 100, seed: int = 0, stride: int = 2, bins=DEFAULT_BINS,
+                 depth_tol: float = 0.05, grid: int = GRID, cache_size: int = 8) -> dict:
+    """Sample pairs of one scene, compute their positive patch pairs and write the cache `out_h5`.
+
+    Depth maps are read lazily and kept in a small LRU cache (`cache_size` maps), since full-resolution
+    ETH3D depth is ~100 MB per image. Returns what `read_labels` would return.
+    """
+    scene_dir, gt_h5 = Path(scene_dir), Path(gt_h5)
+    start = time.perf_counter()
+    gt = read_gt(gt_h5)
+    if gt.overlap is None:
+        raise ValueError(f"{gt_h5}: no `overlap` dataset (the model has no 3D points); pairs cannot be binned "
+                         "by overlap: rebuild gt.h5 from a model with 3D points")
+    pairs, bin_index = sample_pairs(gt.overlap, bins, pairs_per_bin, num_negative, seed)
+
+    cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def depth(k: int) -> np.ndarray:
+        if k in cache:
+            cache.move_to_end(k)
+        else:
+            cache[k] = _load_depth(scene_dir, gt.names[k], gt.image_size[k])
+            if len(cache) > max(2, cache_size):
+                cache.popitem(last=False)
+        return cache[k]
+
+    # Visit pairs sorted by image so each depth map is read about once; store in sampling order.
+    positives: list[np.ndarray] = [np.zeros((0, 2), np.int64)] * len(pairs)
+    for m in np.lexsort((pairs[:, 1], pairs[:, 0])):
+        i, j = pairs[m]
+        counts = patch_correspondences(depth(i), gt.K[i], gt.T_w2cam[i], depth(j), gt.K[j], gt.T_w2cam[j],
+                                       grid, stride, depth_tol)
+        positives[m] = mutual_positives(counts)
+    sizes = np.array([len(p) for p in positives], np.int64)
+    labels = {
+        "names": list(gt.names),
+        "pairs": pairs.astype(np.int32),
+        "bins": bin_index.astype(np.int8),
+        "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "positives": np.concatenate(positives).reshape(-1, 2).astype(np.int16),
+        "overlap": gt.overlap[pairs[:, 0], pairs[:, 1]].astype(np.float32).reshape(-1),
+    }
+    attrs = {"grid": grid, "pairs_per_bin": pairs_per_bin, "num_negative": num_negative, "seed": seed,
+             "stride": stride, "depth_tol": depth_tol, "bin_edges": np.asarray(bins, np.float64).reshape(-1, 2),
+             "negative_eps": NEGATIVE_EPS}
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("names", data=np.array(labels["names"], dtype=h5py.string_dtype()))
+        for key in ("pairs", "bins", "offsets", "positives", "overlap"):
+            f.create_dataset(key, data=labels[key])
+        f.attrs.update(attrs)
+    labels["attrs"] = attrs
+    logger.info("%s: %d pairs (%s per bin, %d negative), %d positives, %.1fs", out_h5, len(pairs),
+                np.bincount(bin_index[bin_index >= 0], minlength=len(bins)).tolist(), int((bin_index < 0).sum()),
+                int(sizes.sum()), time.perf_counter() - start)
+    return labels
+
+
+def read_labels(path: str | Path) -> dict:
+    """The arrays of a labels cache (see the module docstring), plus `attrs`."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        missing = [k for k in ("names", "pairs", "bins", "offsets", "positives", "overlap") if k not in f]
+        if missing:
+            raise KeyError(f"{path}: not a labels cache (missing {missing}); delete it and rerun vop.labels")
+        out = {key: f[key][()] for key in ("pairs", "bins", "offsets", "positives", "overlap")}
+        out["names"] = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+        out["attrs"] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    return out
+
+
+def pair_positives(labels: dict, m: int) -> np.ndarray:
+    """Positive patch pairs (P,2) of pair m: column 0 indexes patches of pairs[m,0], column 1 of pairs[m,1]."""
+    offsets = labels["offsets"]
+    return labels["positives"][offsets[m]:offsets[m + 1]]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vop.labels",
+                                     description="Ground-truth patch labels (positive patch pairs) of one scene "
+                                                 "from its depth maps, for training the VOP encoder.")
+    parser.add_argument("--scene-dir", type=Path, required=True,
+                        help=f"scene folder in the ETH3D layout (holds {eth3d.DEPTH_SUBDIR})")
+    parser.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
+    parser.add_argument("--out", type=Path, required=True, help="output labels.h5")
+    parser.add_argument("--pairs-per-bin", type=int, default=100, help="image pairs per overlap bin (at most)")
+    parser.add_argument("--num-negative", type=int, default=100, help="non-overlapping image pairs (at most)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stride", type=int, default=2, help="use every stride-th pixel in x and y")
+    parser.add_argument("--depth-tol", type=float, default=0.05, help="relative depth agreement for visibility")
+    parser.add_argument("--log", default=None, help="log file (default: stderr)")
+    args = parser.parse_args(argv)
+    from vop.utils import setup_logging
+
+    setup_logging(args.log)
+    scene_labels(args.scene_dir, args.gt, args.out, pairs_per_bin=args.pairs_per_bin,
+                 num_negative=args.num_negative, seed=args.seed, stride=args.stride, depth_tol=args.depth_tol)
+
+
+if __name__ == "__main__":
+    main()
