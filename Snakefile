@@ -13,6 +13,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/encoder.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
@@ -21,4 +22,4 @@ include: "workflow/rules/metrics.smk"
 rule all:
     default_target: True
     input:
-        expand("results/{dataset}/auc.csv", dataset=DATASETS),
+        expand("results/{dataset}/auc.csv", dataset=[d for d in DATASETS if DATASETS[d]["methods"]]),

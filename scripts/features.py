@@ -17,4 +17,5 @@ dump_features(
     snakemake.output[0],
     batch_size=conf.get("batch_size", 16),
     num_workers=snakemake.threads,
+    with_flipped=snakemake.params.with_flipped,
 )

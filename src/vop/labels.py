@@ -215,7 +215,9 @@ def scene_labels(scene_dir: str | Path, gt_h5: str | Path, out_h5: str | Path, p
         "bins": bin_index.astype(np.int8),
         "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         "positives": np.concatenate(positives).reshape(-1, 2).astype(np.int16),
-        "overlap": gt.overlap[pairs[:, 0], pairs[:, 1]].astype(np.float32).reshape(-1),
+        # the value the pair was binned by (gt overlap is symmetric; min() matches sample_pairs otherwise)
+        "overlap": np.minimum(gt.overlap[pairs[:, 0], pairs[:, 1]], gt.overlap[pairs[:, 1], pairs[:, 0]])
+        .astype(np.float32).reshape(-1),
     }
     attrs = {"grid": grid, "pairs_per_bin": pairs_per_bin, "num_negative": num_negative, "seed": seed,
              "stride": stride, "depth_tol": depth_tol, "bin_edges": np.asarray(bins, np.float64).reshape(-1, 2),

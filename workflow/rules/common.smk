@@ -6,6 +6,8 @@ from snakemake.exceptions import WorkflowError
 
 DATASETS = config["datasets"]
 METHODS = config["methods"]
+ENCODERS = config["encoders"]
+TRAINED_ENCODERS = [name for name, enc in ENCODERS.items() if "train" in enc]
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
 
 
@@ -37,12 +39,21 @@ def _check_config():
             if method not in METHODS:
                 raise WorkflowError(f"{where}.methods names {method!r}, which is not under `methods:`")
             encoder = METHODS[method].get("encoder")
-            if encoder is not None and encoder not in config["encoders"]:
+            if encoder is not None and encoder not in ENCODERS:
                 raise WorkflowError(f"config: methods.{method}.encoder {encoder!r} is not under `encoders:`")
         if ds["source"] == "synthetic" and "root" in ds:
             raise WorkflowError(f"{where}.root: synthetic scenes are always generated under resources/{name}")
         if ds["source"] == "eth3d" and "root" not in ds and "url" not in ds:
             raise WorkflowError(f"{where}: set `root` (an extracted ETH3D_undistorted folder) or `url`")
+    for name, enc in ENCODERS.items():
+        where = f"config: encoders.{name}"
+        if "backbone" in enc and enc["backbone"] not in config["backbones"]:
+            raise WorkflowError(f"{where}.backbone {enc['backbone']!r} is not under `backbones:`; add it there")
+        for ds in enc.get("train", {}).get("datasets", []):
+            if ds not in DATASETS:
+                raise WorkflowError(f"{where}.train.datasets names {ds!r}, which is not under `datasets:`")
+            if DATASETS[ds]["source"] != "synthetic":
+                raise WorkflowError(f"{where}.train.datasets: {ds!r} has no depth maps to train from")
 
 
 _check_config()
@@ -89,11 +100,46 @@ def backbone_of(dataset):
     return DATASETS[dataset]["backbone"]
 
 
+def encoder_backbone(dataset, encoder):
+    """Trained encoders work on the backbone they were trained for; `identity` on the dataset's."""
+    return ENCODERS[encoder].get("backbone", backbone_of(dataset))
+
+
+def training_scenes(encoder):
+    return [(ds, scene) for ds in ENCODERS[encoder]["train"]["datasets"] for scene in scenes(ds)]
+
+
+def used_for_training(dataset):
+    return any(dataset in ENCODERS[e]["train"]["datasets"] for e in TRAINED_ENCODERS)
+
+
+def embeddings_inputs(wildcards):
+    encoder = ENCODERS[wildcards.encoder]
+    backbone = encoder_backbone(wildcards.dataset, wildcards.encoder)
+    inputs = {"features": f"results/{wildcards.dataset}/{wildcards.scene}/features-{backbone}.h5"}
+    if "train" in encoder:
+        inputs["checkpoint"] = f"results/encoders/{wildcards.encoder}/checkpoint.pt"
+    elif "checkpoint" in encoder:
+        inputs["checkpoint"] = encoder["checkpoint"]
+    return inputs
+
+
+def train_inputs(wildcards):
+    backbone = ENCODERS[wildcards.encoder]["backbone"]
+    runs = training_scenes(wildcards.encoder)
+    return {
+        "features": [f"results/{ds}/{s}/features-{backbone}.h5" for ds, s in runs],
+        "labels": [f"results/{ds}/{s}/labels.h5" for ds, s in runs],
+    }
+
+
 def method_params(dataset, method):
     """What a retrieval job depends on: the method's entry plus the names of its inputs."""
     entry = dict(METHODS[method])
-    if entry["type"] in ("vop", "cls"):
+    if entry["type"] == "cls":
         entry["backbone"] = backbone_of(dataset)
+    elif entry["type"] == "vop":
+        entry["backbone"] = encoder_backbone(dataset, entry["encoder"])
     return canonical(entry)
 
 

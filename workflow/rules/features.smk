@@ -1,4 +1,4 @@
-# Features: backbone tokens per image (CLS + 16x16 patches), then the encoder's patch embeddings.
+# Features: backbone tokens per image (CLS + 16x16 patches).
 
 
 rule features:
@@ -10,6 +10,8 @@ rule features:
     params:
         image_dir=lambda wc: image_dir(wc.dataset, wc.scene),
         backbone=lambda wc: canonical(config["backbones"][wc.backbone]),
+        # training scenes also keep the tokens of the mirrored images (flip augmentation)
+        with_flipped=lambda wc: used_for_training(wc.dataset),
     threads: 2
     resources:
         gpu=1,
@@ -22,24 +24,3 @@ rule features:
         "../../envs/vop.yaml"
     script:
         "../../scripts/features.py"
-
-
-rule embeddings:
-    """Apply an encoder to the dataset's backbone features."""
-    input:
-        lambda wc: f"results/{wc.dataset}/{wc.scene}/features-{backbone_of(wc.dataset)}.h5",
-    output:
-        "results/{dataset}/{scene}/embeddings-{encoder}.h5",
-    params:
-        encoder=lambda wc: canonical(config["encoders"][wc.encoder]),
-    resources:
-        gpu=1,
-        mem_mb=4000,
-    log:
-        "logs/{dataset}/{scene}/embeddings-{encoder}.log",
-    benchmark:
-        "logs/{dataset}/{scene}/embeddings-{encoder}.benchmark.tsv"
-    conda:
-        "../../envs/vop.yaml"
-    script:
-        "../../scripts/embeddings.py"
