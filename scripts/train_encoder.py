@@ -1,7 +1,7 @@
 """Rule train_encoder: the VOP patch-embedding head from labelled training scenes."""
 import torch
 
-from vop.encoder import train_encoder
+from vop.training import train_encoder
 from vop.utils import setup_logging
 
 setup_logging(snakemake.log[0])
