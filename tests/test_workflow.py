@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from vop import io
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -25,13 +29,25 @@ TINY_CONFIG = {
             "scenes": ["room_a", "room_b"],
             "synthetic": {"seed": 3, "num_images": 8, "width": 320, "height": 240},
             "backbone": "dense_sift",
-            "methods": ["vop", "cls", "oracle", "random"],
-        }
+            "methods": ["vop", "vop_identity", "cls", "oracle", "random"],
+        },
+        "tiny_train": {
+            "source": "synthetic",
+            "scenes": ["train_a", "train_b"],
+            "synthetic": {"seed": 4, "num_images": 8, "width": 320, "height": 240, "textures": "train"},
+            "backbone": "dense_sift",
+            "methods": [],
+        },
     },
     "backbones": {"dense_sift": {"batch_size": 4}},
-    "encoders": {"identity": {"type": "identity"}},
+    "encoders": {
+        "identity": {"type": "identity"},
+        "vop_tiny": {"type": "vop", "backbone": "dense_sift", "train": {"datasets": ["tiny_train"], "epochs": 3}},
+    },
+    "labels": {"pairs_per_bin": 5, "num_negative": 5, "stride": 4},
     "methods": {
-        "vop": {"type": "vop", "encoder": "identity", "k": 3, "prefilter": 5, "radius": "auto", "tfidf": True},
+        "vop": {"type": "vop", "encoder": "vop_tiny", "k": 3, "prefilter": 5, "radius": 0.2, "tfidf": True},
+        "vop_identity": {"type": "vop", "encoder": "identity", "k": 3, "prefilter": 5, "radius": "auto"},
         "cls": {"type": "cls", "k": 3},
         "oracle": {"type": "oracle", "k": 3},
         "random": {"type": "random", "k": 3, "seed": 0},
@@ -78,7 +94,8 @@ def tiny_run(tmp_path_factory):
 
 def test_table_has_every_method_scene_and_all_row(tiny_run):
     table = pd.read_csv(tiny_run / "results/tiny/auc.csv")
-    expected = [(m, s) for m in ["vop", "cls", "oracle", "random"] for s in ["room_a", "room_b", "ALL"]]
+    methods = ["vop", "vop_identity", "cls", "oracle", "random"]
+    expected = [(m, s) for m in methods for s in ["room_a", "room_b", "ALL"]]
     assert list(zip(table["method"], table["scene"])) == expected
     numeric = table.drop(columns=["method", "scene"])
     assert all(math.isfinite(v) for v in numeric.to_numpy().ravel())
@@ -91,6 +108,21 @@ def test_table_has_every_method_scene_and_all_row(tiny_run):
     assert len(list((scene / "images/dslr_images_undistorted").glob("*.JPG"))) == 8
     pairs = (tiny_run / "results/tiny/room_a/vop/pairs.txt").read_text().splitlines()
     assert len(pairs) == 8 * 3 and all(p.split()[0] != p.split()[1] for p in pairs)
+
+
+def test_encoder_is_trained_once_on_the_training_scenes(tiny_run):
+    history = pd.read_csv(tiny_run / "results/encoders/vop_tiny/history.csv")
+    assert list(history["epoch"]) == [1, 2, 3] and history["train_loss"].notna().all()
+    assert (tiny_run / "results/tiny_train/train_a/labels.h5").exists()
+    assert not (tiny_run / "results/tiny_train/auc.csv").exists()  # a training-only dataset has no table
+    # the trained head's embeddings: 256-d, unit length
+    embeddings = tiny_run / "results/tiny/room_a/embeddings-vop_tiny.h5"
+    names = io.list_h5_names(embeddings)
+    assert len(names) == 8
+    with h5py.File(embeddings, "r") as f:
+        patches = f[names[0]]["patch_descriptors"][()].astype(np.float32)
+    assert patches.shape == (256, 256)
+    np.testing.assert_allclose(np.linalg.norm(patches, axis=1), 1.0, atol=1e-2)
 
 
 def test_rerun_does_nothing(tiny_run):
@@ -118,7 +150,7 @@ def test_changing_vop_prefilter_reruns_only_vop(tiny_run):
     assert job_counts(out) == {"retrieve": 2, "pose": 2, "auc_table": 1}
     outputs = " ".join(line for line in out.splitlines() if line.strip().startswith("output:"))
     assert "results/tiny/room_a/vop/pairs.txt" in outputs and "results/tiny/room_b/vop/pose.csv" in outputs
-    assert "/cls/" not in outputs and "/oracle/" not in outputs and "/random/" not in outputs
+    assert all(f"/{m}/" not in outputs for m in ["vop_identity", "cls", "oracle", "random"])
 
 
 def test_config_typo_is_rejected(tmp_path):
