@@ -238,10 +238,11 @@ def read_labels(path: str | Path) -> dict:
     """The arrays of a labels cache (see the module docstring), plus `attrs`."""
     path = Path(path)
     with h5py.File(path, "r") as f:
-        missing = [k for k in ("names", "pairs", "bins", "offsets", "positives", "overlap") if k not in f]
+        missing = [k for k in ("names", "pairs", "bins", "offsets", "positives") if k not in f]
         if missing:
             raise KeyError(f"{path}: not a labels cache (missing {missing}); delete it and rerun vop.labels")
-        out = {key: f[key][()] for key in ("pairs", "bins", "offsets", "positives", "overlap")}
+        # `overlap` (the value a pair was binned by) is informative only: training does not need it
+        out = {key: f[key][()] for key in ("pairs", "bins", "offsets", "positives", "overlap") if key in f}
         out["names"] = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
         out["attrs"] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     return out

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from . import io
+from . import labels as labels_cache
 from .encoder import BACKBONE_DIMS, GRID, VOPEncoder, mirror_patch_indices, save_encoder
 
 logger = logging.getLogger(__name__)
 
-LABEL_KEYS = ("names", "pairs", "bins", "offsets", "positives")
 FLIPPED_KEY = "patch_descriptors_flipped"
 HISTORY_KEYS = (
     "epoch",
@@ -61,15 +61,15 @@ def read_labels(path: str | Path, num_patches: int = GRID * GRID) -> Labels:
     fix = "regenerate it with the labels rule (vop.labels)"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: labels file not found; {fix}")
-    with h5py.File(path, "r") as f:
-        missing = [k for k in LABEL_KEYS if k not in f]
-        if missing:
-            raise ValueError(f"{path}: missing root datasets {missing} (expected {list(LABEL_KEYS)}); {fix}")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
-        pairs = f["pairs"][()].astype(np.int64)
-        bins = f["bins"][()]
-        offsets = f["offsets"][()].astype(np.int64)
-        positives = f["positives"][()].astype(np.int64)
+    try:
+        raw = labels_cache.read_labels(path)  # the writer's own reader: one definition of the format
+    except KeyError as e:
+        raise ValueError(e.args[0]) from e  # the message names the file and the fix
+    names = raw["names"]
+    pairs = raw["pairs"].astype(np.int64)
+    bins = raw["bins"]
+    offsets = raw["offsets"].astype(np.int64)
+    positives = raw["positives"].astype(np.int64)
     m = len(pairs)
     problems = []
     if pairs.ndim != 2 or pairs.shape[1:] != (2,):
