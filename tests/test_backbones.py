@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 from vop.backbones import BACKBONES, load_backbone
-from vop.backbones.dense_sift import DenseSift, pool_global, root_sift
+from vop.backbones.dense_sift import DenseSift, pool_global
+from vop.utils import root_sift
 from vop.backbones.dinov2 import (
     Dinov2Backbone,
     fb_to_hf_state_dict,

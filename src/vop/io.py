@@ -90,10 +90,15 @@ def write_gt(path: str | Path, gt: GroundTruth) -> None:
             g.create_dataset("image_size", data=np.asarray(gt.image_size[i], np.int64))
 
 
+def decode_names(dataset: h5py.Dataset) -> list[str]:
+    """A root `names` dataset as Python strings (h5py returns variable-length strings as bytes)."""
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in dataset[()]]
+
+
 def read_gt(path: str | Path) -> GroundTruth:
     path = Path(path)
     with h5py.File(path, "r") as f:
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+        names = decode_names(f["names"])
         K = np.stack([f[n]["K"][()] for n in names]) if names else np.zeros((0, 3, 3))
         T = np.stack([f[n]["T_w2cam"][()] for n in names]) if names else np.zeros((0, 4, 4))
         size = np.stack([f[n]["image_size"][()] for n in names]) if names else np.zeros((0, 2))
@@ -104,7 +109,7 @@ def read_gt(path: str | Path) -> GroundTruth:
 def read_names(path: str | Path) -> list[str]:
     """The scene's image order, from the root `names` of a gt.h5."""
     with h5py.File(path, "r") as f:
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+        return decode_names(f["names"])
 
 
 def write_image_groups(path: str | Path, per_image) -> None:

@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from vop.datasets import eth3d
-from vop.io import atomic_path, read_gt
+from vop.io import atomic_path, decode_names, read_gt
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def read_labels(path: str | Path) -> dict:
             raise KeyError(f"{path}: not a labels cache (missing {missing}); delete it and rerun vop.labels")
         # `overlap` (the value a pair was binned by) is informative only: training does not need it
         out = {key: f[key][()] for key in ("pairs", "bins", "offsets", "positives", "overlap") if key in f}
-        out["names"] = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+        out["names"] = decode_names(f["names"])
         out["attrs"] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     return out
 

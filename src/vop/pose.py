@@ -26,6 +26,8 @@ import h5py
 import numpy as np
 
 from vop.io import GroundTruth, read_gt, read_names, read_pairs, write_csv, write_image_groups
+from vop.utils import l2_normalize
+from vop.utils import root_sift as to_root_sift
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +78,7 @@ def _sift_one(path: Path, sift: cv2.SIFT, max_keypoints: int, resize_max: int | 
         kpts, desc, scores = kpts[order], desc[order].astype(np.float32), scores[order]
         # Back to original pixels; pixel centres map onto pixel centres.
         kpts = ((kpts + 0.5) * scale_xy - 0.5).astype(np.float32)
-        if root_sift:
-            # RootSIFT (Arandjelovic & Zisserman 2012): Hellinger kernel as a dot product.
-            desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-12))
-        desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+        desc = l2_normalize(to_root_sift(desc) if root_sift else desc)
     return {
         "keypoints": kpts,
         "descriptors": np.ascontiguousarray(desc.T).astype(np.float16),  # hloc stores D x N
@@ -146,8 +145,7 @@ def match_descriptors(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8) 
     desc1 = np.asarray(desc1, np.float32)
     if len(desc0) == 0 or len(desc1) == 0:
         return np.zeros((0, 2), np.int64)
-    desc0 = desc0 / np.maximum(np.linalg.norm(desc0, axis=1, keepdims=True), 1e-12)
-    desc1 = desc1 / np.maximum(np.linalg.norm(desc1, axis=1, keepdims=True), 1e-12)
+    desc0, desc1 = l2_normalize(desc0), l2_normalize(desc1)
     sim = desc0 @ desc1.T  # (N0,N1)
 
     rows = np.arange(len(desc0))

@@ -17,6 +17,14 @@ def l2_normalize(x, axis: int = -1):
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, then square root; zero rows stay zero.
+    The dot product of RootSIFT descriptors is the Hellinger kernel of the SIFT histograms."""
+    descriptors = np.maximum(descriptors, 0.0)
+    l1 = descriptors.sum(axis=-1, keepdims=True)
+    return np.sqrt(descriptors / np.maximum(l1, 1e-12)).astype(np.float32)
+
+
 def setup_logging(log_file: str | None = None) -> None:
     """Log to the rule's log file (or stderr), with times, so a job's log tells what it did and how long."""
     handler = logging.FileHandler(log_file, mode="w") if log_file else logging.StreamHandler(sys.stderr)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..utils import root_sift
 from . import Backbone
 
 # OpenCV's SIFT window is 4 bins of 3 * size / 2 px = 6 * size px wide: size = 14 / 6 covers one cell.
@@ -37,13 +38,6 @@ def cell_keypoints(grid: int = Backbone.grid, cell: int = _CELL) -> list[cv2.Key
     """Upright keypoints at the cell centres, row-major (OpenCV puts pixel centres at integers)."""
     centres = np.arange(grid) * cell + (cell - 1) / 2.0
     return [cv2.KeyPoint(float(x), float(y), _KEYPOINT_SIZE, 0.0) for y in centres for x in centres]
-
-
-def root_sift(descriptors: np.ndarray) -> np.ndarray:
-    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, then square root; zero rows stay zero."""
-    descriptors = np.maximum(descriptors, 0.0)
-    l1 = descriptors.sum(axis=-1, keepdims=True)
-    return np.sqrt(descriptors / np.maximum(l1, _EPS)).astype(np.float32)
 
 
 def pool_global(patches: torch.Tensor, power: float = _GEM_POWER) -> torch.Tensor:
