@@ -12,4 +12,6 @@ run_method(
     Path(snakemake.output.pairs).parent,
     features_h5=snakemake.input.get("features"),
     embeddings_h5=snakemake.input.get("embeddings"),
+    mode=snakemake.params.mode["mode"],
+    queries=snakemake.params.mode.get("queries"),
 )

@@ -242,7 +242,8 @@ def test_training_checks_its_inputs(scenes, tmp_path):
     with h5py.File(bad, "w") as f:
         f.create_dataset("names", data=np.array(["a"], dtype=h5py.string_dtype()))
         f.create_dataset("pairs", data=np.zeros((1, 2), np.int32))
-    with pytest.raises(ValueError, match=r"labels.h5: not a labels cache \(missing \['bins', 'offsets', 'positives'\]\)"):
+    missing = r"labels.h5: not a labels cache \(missing \['bins', 'offsets', 'positives'\]\)"
+    with pytest.raises(ValueError, match=missing):
         read_labels(bad)
     assert not (tmp_path / "x.pth").exists()
 

@@ -41,6 +41,8 @@ def _check_config():
             encoder = METHODS[method].get("encoder")
             if encoder is not None and encoder not in ENCODERS:
                 raise WorkflowError(f"config: methods.{method}.encoder {encoder!r} is not under `encoders:`")
+        if ds.get("mode", "register") == "retrieve" and not ds.get("queries"):
+            raise WorkflowError(f"{where}: mode retrieve needs `queries`, a glob over image names such as 'query/*'")
         if ds["source"] == "synthetic" and "root" in ds:
             raise WorkflowError(f"{where}.root: synthetic scenes are always generated under resources/{name}")
         if ds["source"] == "eth3d" and "root" not in ds and "url" not in ds:
@@ -141,6 +143,14 @@ def method_params(dataset, method):
     elif entry["type"] == "vop":
         entry["backbone"] = encoder_backbone(dataset, entry["encoder"])
     return canonical(entry)
+
+
+def retrieval_mode(dataset):
+    """register (every image against its scene) or retrieve (the `queries` glob against the rest)."""
+    ds = DATASETS[dataset]
+    if ds.get("mode", "register") == "retrieve":
+        return {"mode": "retrieve", "queries": ds["queries"]}
+    return {"mode": "register"}
 
 
 def retrieval_inputs(wildcards):

@@ -11,6 +11,7 @@ rule retrieve:
         info="results/{dataset}/{scene}/{method}/retrieval.json",
     params:
         method=lambda wc: method_params(wc.dataset, wc.method),
+        mode=lambda wc: retrieval_mode(wc.dataset),
     resources:
         mem_mb=4000,
     log:

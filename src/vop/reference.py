@@ -1,0 +1,115 @@
+"""The straightforward VOP retrieval, written independently of `vop.retrieval`, to check it.
+
+This is how the paper's reference code votes: per query, a faiss index over its P candidates'
+patches, one range search for the query's patches, then Python loops over the query patches to
+weight and add the votes. The prefilter is an exact numpy inner product. It is slow by design
+(benchmarks/retrieval.py measures how slow) and exists to verify the batched implementation:
+
+    python -m vop.reference results/demo      # recompute every vop method's pairs and compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import sys
+from pathlib import Path
+
+import faiss
+import h5py
+import numpy as np
+
+from . import io
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def votes_one_query(query_patches: np.ndarray, candidate_patches: np.ndarray, tau: float, tfidf: bool) -> np.ndarray:
+    """Votes of one query (M,D) for its candidates (P,M,D), by range search and loops over patches."""
+    num_cand, num_patches, dim = candidate_patches.shape
+    index = faiss.IndexFlatIP(dim)
+    index.add(np.ascontiguousarray(_unit(candidate_patches).reshape(-1, dim)))
+    lims, sims, ids = index.range_search(np.ascontiguousarray(_unit(query_patches)), tau)  # sims > tau
+    scores = np.zeros(num_cand)
+    for p in range(len(query_patches)):
+        neighbours = ids[lims[p]:lims[p + 1]] // num_patches  # candidate of each neighbouring patch
+        similarities = sims[lims[p]:lims[p + 1]].astype(np.float64)
+        if len(neighbours) == 0:
+            continue
+        holders = len(set(neighbours.tolist()))
+        weight = len(neighbours) / len(query_patches) * max(0.0, math.log(num_cand / holders)) if tfidf else 1.0
+        for c, s in zip(neighbours, similarities):
+            scores[c] += weight * s
+    return scores
+
+
+def retrieve_vop(global_desc: np.ndarray, patches: np.ndarray, queries: np.ndarray, database: np.ndarray, k: int,
+                 prefilter: int, radius: float, tfidf: bool) -> list[tuple[int, list[int], list[float]]]:
+    """(query, database images best first, their votes) per query; register mode when queries == database."""
+    register = len(queries) == len(database) and bool(np.all(queries == database))
+    glob = _unit(global_desc).astype(np.float64)
+    results = []
+    for q in queries:
+        others = [d for d in database if not (register and d == q)]
+        sim = {d: float(glob[q] @ glob[d]) for d in others}
+        # Prefilter order: similarity (at float32 resolution), then image index.
+        cand = sorted(others, key=lambda d: (-round(sim[d], 6), d))[:prefilter]
+        votes = votes_one_query(patches[q], patches[cand], 1.0 - radius, tfidf)
+        # Ties within 1e-6 of the best vote, and all-zero votes, keep prefilter order.
+        scale = max(float(np.abs(votes).max()), 0.0) or 1.0
+        order = sorted(range(len(cand)), key=lambda i: (-round(votes[i] / scale / 1e-6), i))[:k]
+        results.append((int(q), [int(cand[i]) for i in order], [float(votes[i]) for i in order]))
+    return results
+
+
+def check_method_dir(method_dir: Path) -> tuple[bool, str]:
+    """Recompute one scene's vop pairs from its embeddings and retrieval.json; compare with pairs.txt."""
+    info = json.loads((method_dir / "retrieval.json").read_text())
+    scene_dir = method_dir.parent
+    names = io.read_names(scene_dir / "gt.h5")
+    embeddings = scene_dir / f"embeddings-{info['encoder']}.h5"
+    with h5py.File(embeddings, "r") as f:
+        glob = np.stack([f[n]["global_descriptor"][()] for n in names]).astype(np.float32)
+        patches = np.stack([f[n]["patch_descriptors"][()] for n in names]).astype(np.float32)
+    everything = np.arange(len(names))
+    if info.get("mode", "register") == "retrieve":
+        is_query = np.array([fnmatch.fnmatchcase(n, info["queries"]) for n in names])
+        queries, database = everything[is_query], everything[~is_query]
+    else:
+        queries = database = everything
+    k = int(info.get("k_clamped", info["k"]))
+    prefilter = int(info.get("prefilter_clamped", info["prefilter"]))
+    expected = [(names[q], names[d]) for q, dbs, _ in
+                retrieve_vop(glob, patches, queries, database, k, prefilter, float(info["radius"]), bool(info["tfidf"]))
+                for d in dbs]
+    written = io.read_pairs(method_dir / "pairs.txt")
+    if expected == written:
+        return True, f"{method_dir}: {len(written)} pairs equal"
+    differ = sum(a != b for a, b in zip(expected, written)) + abs(len(expected) - len(written))
+    return False, f"{method_dir}: {differ} of {len(expected)} pairs differ"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="a dataset's results folder, e.g. results/demo")
+    args = parser.parse_args(argv)
+    method_dirs = sorted(p.parent for p in args.results.glob("*/*/retrieval.json")
+                         if json.loads(p.read_text()).get("type") == "vop")
+    if not method_dirs:
+        print(f"no vop retrieval under {args.results}", file=sys.stderr)
+        return 2
+    ok = True
+    for method_dir in method_dirs:
+        equal, message = check_method_dir(method_dir)
+        ok &= equal
+        print(message)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
