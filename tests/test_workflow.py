@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from vop import io
+from vop import io, reference
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -161,3 +161,26 @@ def test_config_typo_is_rejected(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "prefiltr" in proc.stdout + proc.stderr
+
+
+def test_vop_pairs_equal_the_independent_reference(tiny_run, capsys):
+    # Every scene's vop pairs, recomputed from embeddings-*.h5 and retrieval.json by vop.reference
+    # (exact prefilter, a faiss range search per query and loops over patches).
+    assert reference.main([str(tiny_run / "results/tiny")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("24 pairs equal" in line for line in lines)
+
+
+def test_retrieve_mode_ranks_queries_against_the_other_images(tiny_run):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["datasets"]["tiny"].update(mode="retrieve", queries="*/IMG_000[0-2].JPG")
+    workdir = copy_run(tiny_run, "tiny_retrieve", config)
+    out = snakemake(workdir, "-n", "results/tiny/auc.csv")
+    assert job_counts(out) == {"retrieve": 10, "pose": 10, "auc_table": 1}  # features and encoders are reused
+    snakemake(workdir, "results/tiny/room_a/vop/pairs.txt", "results/tiny/room_a/oracle/pairs.txt")
+    for method in ("vop", "oracle"):
+        pairs = io.read_pairs(workdir / f"results/tiny/room_a/{method}/pairs.txt")
+        queries = sorted({q for q, _ in pairs})
+        assert queries == [f"dslr_images_undistorted/IMG_000{i}.JPG" for i in range(3)]
+        assert len(pairs) == 3 * 3 and not {d for _, d in pairs} & set(queries)
+    assert reference.check_method_dir(workdir / "results/tiny/room_a/vop")[0]

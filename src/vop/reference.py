@@ -48,17 +48,29 @@ def votes_one_query(query_patches: np.ndarray, candidate_patches: np.ndarray, ta
     return scores
 
 
-def retrieve_vop(global_desc: np.ndarray, patches: np.ndarray, queries: np.ndarray, database: np.ndarray, k: int,
-                 prefilter: int, radius: float, tfidf: bool) -> list[tuple[int, list[int], list[float]]]:
-    """(query, database images best first, their votes) per query; register mode when queries == database."""
+def prefilter(global_desc: np.ndarray, queries: np.ndarray, database: np.ndarray, num: int) -> list[np.ndarray]:
+    """Per query, the `num` most similar database images by exact cosine (ties: lower index first)."""
     register = len(queries) == len(database) and bool(np.all(queries == database))
     glob = _unit(global_desc).astype(np.float64)
-    results = []
+    candidates = []
     for q in queries:
-        others = [d for d in database if not (register and d == q)]
-        sim = {d: float(glob[q] @ glob[d]) for d in others}
-        # Prefilter order: similarity (at float32 resolution), then image index.
-        cand = sorted(others, key=lambda d: (-round(sim[d], 6), d))[:prefilter]
+        others = database[database != q] if register else database
+        sim = np.round(glob[others] @ glob[q], 6)  # compared at float32 resolution
+        candidates.append(others[np.lexsort((others, -sim))[:num]])
+    return candidates
+
+
+def retrieve_vop(global_desc: np.ndarray, patches: np.ndarray, queries: np.ndarray, database: np.ndarray, k: int,
+                 prefilter_size: int, radius: float, tfidf: bool,
+                 candidates: list[np.ndarray] | None = None) -> list[tuple[int, list[int], list[float]]]:
+    """(query, database images best first, their votes) per query; register mode when queries == database.
+
+    `candidates` (per query, in prefilter order) skips the exact prefilter, e.g. to time the voting alone.
+    """
+    if candidates is None:
+        candidates = prefilter(global_desc, queries, database, prefilter_size)
+    results = []
+    for q, cand in zip(queries, candidates):
         votes = votes_one_query(patches[q], patches[cand], 1.0 - radius, tfidf)
         # Ties within 1e-6 of the best vote, and all-zero votes, keep prefilter order.
         scale = max(float(np.abs(votes).max()), 0.0) or 1.0

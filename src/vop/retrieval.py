@@ -28,6 +28,7 @@ import logging
 import math
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,8 @@ class PatchStore:
         def read(ids: np.ndarray) -> np.ndarray:
             with h5py.File(path, "r") as f:
                 first = f[names[ids[0]]]["patch_descriptors"]
-                out = np.empty((len(ids), *first.shape), first.dtype)  # float16 as stored
+                # HDF5 converts the stored float16 while reading: no float16 copy of the chunk is held.
+                out = np.empty((len(ids), *first.shape), np.float32)
                 for row, i in enumerate(ids):
                     f[names[i]]["patch_descriptors"].read_direct(out, dest_sel=np.s_[row])
             return out
@@ -245,16 +247,17 @@ class PatchStore:
         while len(self._cache) >= self.cached_chunks:
             self._cache.popitem(last=False)
         ids = np.arange(c * self.chunk_size, min((c + 1) * self.chunk_size, self.num_images))
-        raw = torch.from_numpy(np.ascontiguousarray(self.read(ids))).to(self.device, torch.float32)
-        self._cache[c] = torch.nn.functional.normalize(raw, dim=-1)
+        self._cache[c] = self._load(ids, self.device)
         self.chunk_loads += 1
         return self._cache[c]
 
+    def _load(self, ids: np.ndarray, device: torch.device) -> torch.Tensor:
+        patches = torch.from_numpy(np.ascontiguousarray(self.read(ids), np.float32)).to(device)
+        return patches.div_(patches.norm(dim=-1, keepdim=True).clamp_(min=1e-12))  # in place: one copy held
+
     def sample(self, ids: np.ndarray) -> np.ndarray:
         """Normalised descriptors of arbitrary positions (a small sample), as numpy."""
-        ids = np.sort(np.asarray(ids))
-        raw = torch.from_numpy(np.ascontiguousarray(self.read(ids))).to(torch.float32)
-        return torch.nn.functional.normalize(raw, dim=-1).numpy()
+        return self._load(np.sort(np.asarray(ids)), torch.device("cpu")).numpy()
 
 
 def auto_radius(store: PatchStore, seed: int = 0, num_samples: int = PATCH_SAMPLES_FOR_RADIUS,
@@ -330,9 +333,8 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     num_queries, num_cand = candidates.shape
     dev = left.device
     if blocks_per_batch is None:
-        blocks_per_batch = 512 if dev.type == "cuda" else 16
-    probe = left.chunk(0)
-    num_patches = probe.shape[1]
+        blocks_per_batch = 512 if dev.type == "cuda" else 8
+    num_patches = left.chunk(0).shape[1]
     # Per (query, slot, query patch): summed similarity within the radius and number of hits.
     sums = torch.zeros(num_queries, num_cand, num_patches)
     hits = torch.zeros(num_queries, num_cand, num_patches)
@@ -341,12 +343,22 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     a_chunk, b_chunk = blocks.a // left.chunk_size, blocks.b // right.chunk_size
     order = np.lexsort((blocks.b, blocks.a, b_chunk, a_chunk))
     tiles = np.flatnonzero(np.diff(a_chunk[order] * right.num_chunks + b_chunk[order], prepend=-1))
-    for start, stop in zip(tiles, [*tiles[1:], len(order)]):
-        sel = order[start:stop]
-        left_chunk, right_chunk = left.chunk(int(a_chunk[sel[0]])), right.chunk(int(b_chunk[sel[0]]))
-        a_off, b_off = int(a_chunk[sel[0]]) * left.chunk_size, int(b_chunk[sel[0]]) * right.chunk_size
-        _vote_tile(left_chunk, right_chunk, blocks.a[sel] - a_off, blocks.b[sel] - b_off, blocks.a[sel],
-                   blocks.b[sel], blocks.slot_ab[sel], blocks.slot_ba[sel], tau, sums, hits, blocks_per_batch)
+    # On CPU, batches run in parallel on single-threaded torch: one small parallel op after another
+    # loses most of its time in thread barriers, more so on a busy machine.
+    workers = torch.get_num_threads() if dev.type == "cpu" else 1
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        for start, stop in zip(tiles, [*tiles[1:], len(order)]):
+            sel = order[start:stop]
+            ca, cb = int(a_chunk[sel[0]]), int(b_chunk[sel[0]])
+            left_chunk, right_chunk = left.chunk(ca), right.chunk(cb)
+            tile = (left_chunk, right_chunk, blocks.a[sel] - ca * left.chunk_size,
+                    blocks.b[sel] - cb * right.chunk_size, blocks.a[sel], blocks.b[sel], blocks.slot_ab[sel],
+                    blocks.slot_ba[sel], tau, sums, hits)
+            jobs = [pool.submit(_vote_batch, *tile, starts, counts)
+                    for starts, counts in _batches(tile[2], blocks_per_batch)]
+            for job in jobs:
+                job.result()
+            del tile, jobs, left_chunk, right_chunk  # let the cache free a chunk before the next loads
 
     if tfidf:
         n_p = hits.sum(1)  # (num_queries, M)
@@ -358,25 +370,21 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     return torch.einsum("qcp,qp->qc", sums, weight).numpy()
 
 
-def _vote_tile(left_chunk, right_chunk, a_local, b_local, a, b, slot_ab, slot_ba, tau, sums, hits,
-               blocks_per_batch):
-    """The blocks of one (left chunk, right chunk) tile, grouped by left image and batched."""
-    starts = np.flatnonzero(np.diff(a_local, prepend=-1))  # blocks are sorted by left image
+def _batches(a_local: np.ndarray, blocks_per_batch: int):
+    """(starts, counts) of the left-image groups of each batch; blocks are sorted by left image."""
+    starts = np.flatnonzero(np.diff(a_local, prepend=-1))
     counts = np.diff([*starts, len(a_local)])
     # Left images with most partners first, so that a batch pads its shorter groups little.
     by_size = np.argsort(-counts, kind="stable")
-    batch_start = 0
+    first = 0
     for end in range(1, len(by_size) + 1):
-        width = counts[by_size[batch_start]]
-        if end == len(by_size) or (end + 1 - batch_start) * width > blocks_per_batch:
-            groups = by_size[batch_start:end]
-            _vote_batch(left_chunk, right_chunk, starts[groups], counts[groups], a_local, b_local, a, b, slot_ab,
-                        slot_ba, tau, sums, hits)
-            batch_start = end
+        if end == len(by_size) or (end + 1 - first) * counts[by_size[first]] > blocks_per_batch:
+            yield starts[by_size[first:end]], counts[by_size[first:end]]
+            first = end
 
 
-def _vote_batch(left_chunk, right_chunk, starts, counts, a_local, b_local, a, b, slot_ab, slot_ba, tau, sums,
-                hits):
+def _vote_batch(left_chunk, right_chunk, a_local, b_local, a, b, slot_ab, slot_ba, tau, sums, hits, starts,
+                counts):
     """One matrix product for L left images against their (at most W) right partners, then the votes."""
     width = int(counts.max())
     # (L, W) positions into the tile's block arrays; padding repeats a group's last block and is dropped.
