@@ -31,6 +31,7 @@ rule download_eth3d:
         "resources/{dataset}/ETH3D_undistorted.zip",
     params:
         url=lambda wc: DATASETS[wc.dataset]["url"],
+        config_key=lambda wc: f"datasets.{wc.dataset}.root",
     wildcard_constraints:
         dataset=_alternatives(datasets_of("eth3d")),
     log:
@@ -67,7 +68,7 @@ rule extract_eth3d_scene:
     conda:
         "../../envs/vop.yaml"
     script:
-        "../../scripts/extract_eth3d.py"
+        "../../scripts/extract.py"
 
 
 rule ground_truth:
