@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vop.datasets import colmap
+from vop.datasets import NoDepthError, SceneReader, colmap
 from vop.io import write_gt
 
 SCENES = (
@@ -80,6 +80,36 @@ def read_depth(path: str | Path, width: int, height: int) -> np.ndarray:
             "the file is truncated or belongs to another image size (re-extract the archive)"
         )
     return np.fromfile(path, dtype="<f4").reshape(height, width)
+
+
+class Eth3dScene(SceneReader):
+    """Reader of a scene in the ETH3D undistorted layout (ETH3D and the synthetic scenes)."""
+
+    source = "eth3d"
+
+    def __init__(self, root: str | Path, scene: str | None = None):
+        if not scene:
+            raise ValueError(f"{root}: an ETH3D dataset holds one folder per scene; name the scene")
+        super().__init__(root, scene)
+
+    @property
+    def image_dir(self) -> Path:
+        return scene_paths(self.root, self.scene)[0]
+
+    def ground_truth(self):
+        return colmap.ground_truth_from_model(read_scene_model(self.root, self.scene))
+
+    def depth(self, name: str, size) -> np.ndarray:
+        depth_dir = scene_paths(self.root, self.scene)[2]
+        path = depth_dir / Path(name).name  # depth maps are found by the image's basename
+        if not path.is_file():
+            raise NoDepthError(
+                f"{path}: depth map of image {name} not found; training labels need ground-truth depth for every "
+                f"image, so use a dataset that provides it (ETH3D ground_truth_depth, synthetic scenes, MegaDepth "
+                f"depth_undistorted) or check that {self.scene_dir} is the scene folder holding {DEPTH_SUBDIR}"
+            )
+        width, height = (int(s) for s in size)
+        return read_depth(path, width, height)
 
 
 def main(argv=None) -> None:
