@@ -15,8 +15,10 @@ import yaml
 from test_datasets import write_megadepth
 from test_download import ArchiveServer
 
-from vop.datasets import synthetic
+from vop import labels
+from vop.datasets import open_scene, synthetic
 from vop.io import read_gt, write_pairs
+from vop.labels import read_labels
 from vop.metrics import SUMMARY_COLUMNS, summarize_without_ground_truth
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ def test_data_rules_for_real_dataset_layouts(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     with ArchiveServer() as server:
-        for folder in ("scene_info", "Undistorted_SfM"):
+        for folder in ("scene_info", "Undistorted_SfM", "depth_undistorted"):
             server.files[f"megadepth/{folder}.tar.gz"] = tar_folder(tmp_path / f"{folder}.tar.gz", md, folder)
         server.cut["megadepth/Undistorted_SfM.tar.gz"] = 2000  # the first response drops mid-way
         server.cut_times["megadepth/Undistorted_SfM.tar.gz"] = 1
@@ -67,13 +69,16 @@ def test_data_rules_for_real_dataset_layouts(tmp_path):
                          "methods": ["cls"]},
             },
             "backbones": {"dense_sift": {"batch_size": 4}},
-            "encoders": {"identity": {"type": "identity"}},
+            "encoders": {"identity": {"type": "identity"},
+                         "vop_md": {"type": "vop", "backbone": "dense_sift", "train": {"datasets": ["md"]}}},
             "methods": {"cls": {"type": "cls", "k": 2}, "random": {"type": "random", "k": 2, "seed": 0}},
+            "labels": {"pairs_per_bin": 5, "num_negative": 2, "stride": 2},
         }
         (work / "config").mkdir()
         (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-        # md downloads (one connection drops), extracts and reads; md_offline has no server to talk to
-        proc = run_snakemake(work, "--keep-going", "results/md/0015/gt.h5", "results/md_offline/0015/gt.h5")
+        # md downloads (one connection drops), extracts and reads, depth included for the encoder's training
+        # labels; md_offline has no server to talk to
+        proc = run_snakemake(work, "--keep-going", "results/md/0015/labels.h5", "results/md_offline/0015/gt.h5")
         ranges = [r["range"] for r in server.requests if r["path"].endswith("Undistorted_SfM.tar.gz")]
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and (work / "results/md/0015/gt.h5").exists(), out[-4000:]
@@ -84,7 +89,15 @@ def test_data_rules_for_real_dataset_layouts(tmp_path):
     np.testing.assert_allclose(gt.overlap, ref.overlap, atol=1e-6)
     assert (work / "resources/md/Undistorted_SfM/0015/images" / gt.names[0]).is_file()
     assert sorted(p.name for p in (work / "resources/md/archives").iterdir()) == [
-        "Undistorted_SfM.tar.gz", "scene_info.tar.gz"]  # no .part left
+        "Undistorted_SfM.tar.gz", "depth_undistorted.tar.gz", "scene_info.tar.gz"]  # no .part left
+    # MegaDepth as training data: the labels come from its depth maps, as from the same scene in ETH3D layout
+    md_labels = read_labels(work / "results/md/0015/labels.h5")
+    eth = open_scene("eth3d", tmp_path / "eth3d", "room")
+    eth.write_ground_truth(tmp_path / "eth_gt.h5")
+    eth_labels = labels.scene_labels(eth, tmp_path / "eth_gt.h5", tmp_path / "eth_labels.h5", pairs_per_bin=5,
+                                     num_negative=2, stride=2)
+    assert len(md_labels["positives"]) > 0
+    np.testing.assert_array_equal(md_labels["positives"], eth_labels["positives"])
     log = (work / "logs/md/download_Undistorted_SfM.tar.gz.log").read_text()
     assert "connection lost" in log and "resuming at" in log and "archive test passed" in log
 
