@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,18 @@ def test_data_rules_for_real_dataset_layouts(tmp_path):
     with ArchiveServer() as server:
         for folder in ("scene_info", "Undistorted_SfM", "depth_undistorted"):
             server.files[f"megadepth/{folder}.tar.gz"] = tar_folder(tmp_path / f"{folder}.tar.gz", md, folder)
+        eth3d_zip = tmp_path / "ETH3D_undistorted.zip"
+        with zipfile.ZipFile(eth3d_zip, "w") as zf:
+            for path in sorted((tmp_path / "eth3d" / "room").rglob("*")):
+                if path.is_file():
+                    zf.write(path, f"ETH3D_undistorted/{path.relative_to(tmp_path / 'eth3d').as_posix()}")
+        server.files["ETH3D_undistorted.zip"] = eth3d_zip.read_bytes()
         server.cut["megadepth/Undistorted_SfM.tar.gz"] = 2000  # the first response drops mid-way
         server.cut_times["megadepth/Undistorted_SfM.tar.gz"] = 1
         config = {
             "datasets": {
+                "e": {"source": "eth3d", "url": f"{server.url}/ETH3D_undistorted.zip", "scenes": ["room"],
+                      "backbone": "dense_sift", "methods": ["cls"]},
                 "md": {"source": "megadepth", "url": f"{server.url}/megadepth/", "scenes": ["0015"],
                        "backbone": "dense_sift", "methods": ["cls"]},
                 "md_offline": {"source": "megadepth", "url": f"http://127.0.0.1:{free_port()}/megadepth",
@@ -78,11 +87,17 @@ def test_data_rules_for_real_dataset_layouts(tmp_path):
         (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
         # md downloads (one connection drops), extracts and reads, depth included for the encoder's training
         # labels; md_offline has no server to talk to
-        proc = run_snakemake(work, "--keep-going", "results/md/0015/labels.h5", "results/md_offline/0015/gt.h5")
+        proc = run_snakemake(work, "--keep-going", "results/md/0015/labels.h5", "results/md_offline/0015/gt.h5",
+                             "results/e/room/gt.h5")
         ranges = [r["range"] for r in server.requests if r["path"].endswith("Undistorted_SfM.tar.gz")]
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and (work / "results/md/0015/gt.h5").exists(), out[-4000:]
     assert ranges == [None, "bytes=2000-"]  # resumed after the dropped connection
+
+    # ETH3D: the zip downloaded, one scene extracted, read as the same scene
+    e_gt = read_gt(work / "results/e/room/gt.h5")
+    np.testing.assert_allclose(e_gt.T_w2cam, ref.T_w2cam)
+    assert (work / "resources/e/ETH3D_undistorted/room/images" / e_gt.names[0]).is_file()
 
     gt = read_gt(work / "results/md/0015/gt.h5")
     np.testing.assert_allclose(gt.T_w2cam, ref.T_w2cam)
