@@ -1,14 +1,10 @@
-import functools
-import http.server
 import shutil
-import socket
-import stat
-import threading
 import zipfile
 
 import numpy as np
 import pytest
 
+from vop import download
 from vop.datasets import colmap, eth3d, synthetic
 from vop.io import read_gt
 
@@ -69,97 +65,16 @@ def test_missing_image_is_named(eth3d_root, tmp_path):
         eth3d.write_ground_truth(tmp_path, "office", tmp_path / "gt.h5")
 
 
-def make_zip(path, members):
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members:  # name: a str or a ZipInfo
-            zf.writestr(name, data)
-    return path
-
-
-def test_extract_zip(tmp_path):
-    archive = make_zip(tmp_path / "a.zip", [("ETH3D_undistorted/office/x.txt", "hello"), ("top.txt", "t")])
-    target = eth3d.extract_zip(archive, tmp_path / "out")
-    assert (target / "ETH3D_undistorted/office/x.txt").read_text() == "hello"
-    with pytest.raises(FileExistsError):
-        eth3d.extract_zip(archive, tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "out"]
-
-
-def test_extract_one_scene_by_prefix(tmp_path):
-    archive = make_zip(tmp_path / "a.zip", [
-        ("ETH3D_undistorted/office/dslr_calibration_undistorted/images.txt", "office"),
-        ("ETH3D_undistorted/office_2/x.txt", "not this scene"),
-        ("ETH3D_undistorted/pipes/x.txt", "nor this one"),
-    ])
+def test_extract_one_scene_of_the_archive(tmp_path):
+    """The extract_eth3d_scene rule's call: one scene by prefix, never its namesake office_2."""
+    archive = tmp_path / "ETH3D_undistorted.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ETH3D_undistorted/office/dslr_calibration_undistorted/images.txt", "office")
+        zf.writestr("ETH3D_undistorted/office_2/x.txt", "not this scene")
+        zf.writestr("ETH3D_undistorted/pipes/x.txt", "nor this one")
     # Snakemake creates the output's folders before the job: overwrite=True replaces them.
     (tmp_path / "out/ETH3D_undistorted/office/dslr_calibration_undistorted").mkdir(parents=True)
-    scene = eth3d.extract_zip(archive, tmp_path / "out", overwrite=True, member_prefix="ETH3D_undistorted/office/")
+    scene = download.extract(archive, tmp_path / "out", member_prefix="ETH3D_undistorted/office/", overwrite=True)
     assert scene == tmp_path / "out/ETH3D_undistorted/office"
     assert (scene / "dslr_calibration_undistorted/images.txt").read_text() == "office"
     assert sorted(p.name for p in (tmp_path / "out/ETH3D_undistorted").iterdir()) == ["office"]
-    with pytest.raises(ValueError, match="nothing under 'ETH3D_undistorted/kicker/'"):
-        eth3d.extract_zip(archive, tmp_path / "out", member_prefix="ETH3D_undistorted/kicker/")
-
-
-@pytest.mark.parametrize("bad", ["../evil", "ok/../../evil", "/tmp/evil_abs", "symlink"])
-def test_extract_zip_refuses_escapes(tmp_path, bad):
-    sandbox = tmp_path / "sandbox"
-    sandbox.mkdir()
-    if bad == "symlink":
-        info = zipfile.ZipInfo("link")
-        info.external_attr = (stat.S_IFLNK | 0o777) << 16
-        member = (info, "../../evil")
-    else:
-        member = (bad, "pwned")
-    archive = make_zip(tmp_path / "bad.zip", [("fine.txt", "ok"), member])
-    with pytest.raises(ValueError, match="refusing the archive"):
-        eth3d.extract_zip(archive, sandbox / "target")
-    assert list(sandbox.iterdir()) == []  # neither the target nor a temporary directory
-    assert not (tmp_path / "evil").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip", "sandbox"]
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """A loopback HTTP server serving tmp_path/'served'."""
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(QuietHandler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_download(http_root, tmp_path):
-    served, url = http_root
-    payload = np.random.default_rng(0).bytes(300_000)
-    (served / "ETH3D_undistorted.zip").write_bytes(payload)
-    dest = tmp_path / "dl" / "ETH3D_undistorted.zip"
-    eth3d.main(["download", f"{url}/ETH3D_undistorted.zip", str(dest)])
-    assert dest.read_bytes() == payload
-    assert [p.name for p in dest.parent.iterdir()] == [dest.name]
-    with pytest.raises(RuntimeError, match="HTTP 404"):
-        eth3d.download(f"{url}/missing.zip", tmp_path / "dl" / "missing.zip")
-    assert not (tmp_path / "dl" / "missing.zip").exists()
-
-
-def test_download_unreachable_says_what_to_do(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dest = tmp_path / "ETH3D_undistorted.zip"
-    with pytest.raises(RuntimeError) as info:
-        eth3d.download(f"http://127.0.0.1:{port}/x.zip", dest, timeout=5)
-    message = str(info.value)
-    assert "no network or server unreachable" in message
-    assert f"http://127.0.0.1:{port}/x.zip" in message and str(dest) in message
-    assert "datasets.eth3d.root" in message
-    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,10 @@ pairs, and the result is cached per scene::
 
     python -m vop.labels --scene-dir resources/eth3d/courtyard --gt results/eth3d/courtyard/gt.h5 \\
         --out results/eth3d/courtyard/labels.h5
+    python -m vop.labels --source megadepth --root resources/megadepth --scene 0015 --gt ... --out ...
+
+Depth maps come from the scene's reader (`vop.datasets.open_scene`): any source with depth (ETH3D layout,
+synthetic, MegaDepth) trains the same way.
 
 Cache layout (root datasets): `names` (N,) str, `pairs` (M,2) int32 indices into names with i < j,
 `bins` (M,) int8 (-1: non-overlapping), `overlap` (M,) float32, `offsets` (M+1,) int64 and `positives`
@@ -34,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vop.datasets import eth3d
+from vop.datasets import SceneReader, eth3d, open_scene
 from vop.io import atomic_path, decode_names, read_gt
 
 logger = logging.getLogger(__name__)
@@ -162,27 +166,25 @@ def depth_path(scene_dir: str | Path, name: str) -> Path:
     return depth_dir / Path(name).name
 
 
-def _load_depth(scene_dir: Path, name: str, size) -> np.ndarray:
-    path = depth_path(scene_dir, name)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: depth map of image {name} not found; training labels need ground-truth depth for every "
-            f"image, so use a dataset that provides it (ETH3D ground_truth_depth, synthetic scenes) or check "
-            f"that --scene-dir {scene_dir} is the scene folder holding {eth3d.DEPTH_SUBDIR}"
-        )
-    width, height = (int(s) for s in size)
-    return eth3d.read_depth(path, width, height)
+def as_scene(scene: SceneReader | str | Path) -> SceneReader:
+    """A scene reader; a path is read as a scene folder in the ETH3D layout (synthetic scenes, ETH3D)."""
+    if isinstance(scene, SceneReader):
+        return scene
+    scene = Path(scene)
+    return eth3d.Eth3dScene(scene.parent, scene.name)
 
 
-def scene_labels(scene_dir: str | Path, gt_h5: str | Path, out_h5: str | Path, pairs_per_bin: int = 100,
+def scene_labels(scene: SceneReader | str | Path, gt_h5: str | Path, out_h5: str | Path, pairs_per_bin: int = 100,
                  num_negative: int = 100, seed: int = 0, stride: int = 2, bins=DEFAULT_BINS,
                  depth_tol: float = 0.05, grid: int = GRID, cache_size: int = 8) -> dict:
     """Sample pairs of one scene, compute their positive patch pairs and write the cache `out_h5`.
 
+    `scene` is a reader (`vop.datasets.open_scene`) or an ETH3D-layout scene folder; it gives the depth maps.
+
     Depth maps are read lazily and kept in a small LRU cache (`cache_size` maps), since full-resolution
     ETH3D depth is ~100 MB per image. Returns what `read_labels` would return.
     """
-    scene_dir, gt_h5 = Path(scene_dir), Path(gt_h5)
+    scene, gt_h5 = as_scene(scene), Path(gt_h5)
     start = time.perf_counter()
     gt = read_gt(gt_h5)
     if gt.overlap is None:
@@ -196,7 +198,7 @@ def scene_labels(scene_dir: str | Path, gt_h5: str | Path, out_h5: str | Path, p
         if k in cache:
             cache.move_to_end(k)
         else:
-            cache[k] = _load_depth(scene_dir, gt.names[k], gt.image_size[k])
+            cache[k] = scene.depth(gt.names[k], gt.image_size[k])
             if len(cache) > max(2, cache_size):
                 cache.popitem(last=False)
         return cache[k]
@@ -258,8 +260,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vop.labels",
                                      description="Ground-truth patch labels (positive patch pairs) of one scene "
                                                  "from its depth maps, for training the VOP encoder.")
-    parser.add_argument("--scene-dir", type=Path, required=True,
-                        help=f"scene folder in the ETH3D layout (holds {eth3d.DEPTH_SUBDIR})")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--scene-dir", type=Path, help=f"scene folder in the ETH3D layout (holds {eth3d.DEPTH_SUBDIR})")
+    where.add_argument("--source", help="dataset source of --root/--scene (eth3d, synthetic, megadepth)")
+    parser.add_argument("--root", type=Path, help="dataset folder (with --source)")
+    parser.add_argument("--scene", help="scene name (with --source)")
     parser.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
     parser.add_argument("--out", type=Path, required=True, help="output labels.h5")
     parser.add_argument("--pairs-per-bin", type=int, default=100, help="image pairs per overlap bin (at most)")
@@ -272,7 +277,10 @@ def main(argv=None) -> None:
     from vop.utils import setup_logging
 
     setup_logging(args.log)
-    scene_labels(args.scene_dir, args.gt, args.out, pairs_per_bin=args.pairs_per_bin,
+    if args.source and (args.root is None or args.scene is None):
+        parser.error("--source needs --root and --scene")
+    scene = args.scene_dir if args.scene_dir else open_scene(args.source, args.root, args.scene)
+    scene_labels(scene, args.gt, args.out, pairs_per_bin=args.pairs_per_bin,
                  num_negative=args.num_negative, seed=args.seed, stride=args.stride, depth_tol=args.depth_tol)
 
 

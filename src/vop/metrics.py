@@ -201,6 +201,28 @@ def summarize(entries: Sequence[dict], out_csv: str | Path, tau: float = 0.1) ->
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+NO_GROUND_TRUTH = "no ground truth"
+
+
+def summarize_without_ground_truth(entries: Sequence[dict], out_csv: str | Path) -> pd.DataFrame:
+    """auc.csv of a dataset without poses or overlap (images only): the same columns, every metric cell
+    saying "no ground truth", so that nobody reads a number that was never measured.
+
+    entries: dicts {method, scene, pairs_txt, k}; num_queries counts the queries of the retrieved pairs.
+    """
+    by_method: dict[str, list] = defaultdict(list)
+    for entry in entries:
+        queries = len(retrieved_per_query(read_pairs(entry["pairs_txt"])))
+        by_method[str(entry["method"])].append((str(entry["scene"]), queries, int(entry["k"])))
+    rows = []
+    for method, runs in by_method.items():
+        for scene, queries, k in sorted(runs) + [("ALL", sum(q for _, q, _ in runs), runs[0][2])]:
+            rows.append([method, scene, queries, *[NO_GROUND_TRUTH] * 3, "", "", NO_GROUND_TRUTH, k])
+    write_csv(out_csv, SUMMARY_COLUMNS, rows)
+    logger.info("Wrote %d rows to %s (no ground truth: retrieval only)", len(rows), out_csv)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vop.metrics", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

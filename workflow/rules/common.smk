@@ -9,6 +9,23 @@ METHODS = config["methods"]
 ENCODERS = config["encoders"]
 TRAINED_ENCODERS = [name for name, enc in ENCODERS.items() if "train" in enc]
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
+# Dataset sources (vop.datasets): which have depth for training, which have no pose ground truth, which
+# are downloaded as archives. Archive names and layouts follow vop.datasets.megadepth / .inloc.
+WITH_DEPTH = ("synthetic", "eth3d", "megadepth")
+NO_POSES = ("inloc", "folder")
+DOWNLOADED = ("eth3d", "megadepth", "inloc")
+ARCHIVE_PARTS = {
+    # part -> (archive, member prefix, folder under the dataset root it unpacks into)
+    "megadepth": lambda scene: {
+        "scene_info": ("scene_info.tar.gz", "scene_info/", ""),
+        f"Undistorted_SfM-{scene}": ("Undistorted_SfM.tar.gz", f"Undistorted_SfM/{scene}/", ""),
+        f"depth_undistorted-{scene}": ("depth_undistorted.tar.gz", f"depth_undistorted/{scene}/", ""),
+    },
+    "inloc": lambda scene: {
+        "cutouts": ("cutouts.tar.gz", "cutouts/", "database"),
+        "iphone7": ("iphone7.tar.gz", "iphone7/", "query"),
+    },
+}
 
 
 def canonical(value):
@@ -45,8 +62,21 @@ def _check_config():
             raise WorkflowError(f"{where}: mode retrieve needs `queries`, a glob over image names such as 'query/*'")
         if ds["source"] == "synthetic" and "root" in ds:
             raise WorkflowError(f"{where}.root: synthetic scenes are always generated under resources/{name}")
-        if ds["source"] == "eth3d" and "root" not in ds and "url" not in ds:
-            raise WorkflowError(f"{where}: set `root` (an extracted ETH3D_undistorted folder) or `url`")
+        if ds["source"] in DOWNLOADED and "root" not in ds and "url" not in ds:
+            raise WorkflowError(f"{where}: set `root` (the extracted dataset) or `url` (where to download it)")
+        if ds["source"] in ("colmap", "folder") and "root" not in ds:
+            raise WorkflowError(f"{where}: set `root` to the folder holding your images (and model)")
+        if "scenes" not in ds and ds["source"] not in ("colmap", "folder"):
+            raise WorkflowError(f"{where}: list its `scenes`")
+        if "images" in ds and ds["source"] not in ("colmap", "folder"):
+            raise WorkflowError(f"{where}.images: only for `source: colmap` or `folder`")
+        if "model" in ds and ds["source"] != "colmap":
+            raise WorkflowError(f"{where}.model: only for `source: colmap`")
+        if ds["source"] in NO_POSES:
+            for method in ds["methods"]:
+                if method in METHODS and METHODS[method]["type"] == "oracle":
+                    raise WorkflowError(f"{where}.methods: {method!r} needs ground-truth overlap, which a "
+                                        f"`{ds['source']}` dataset does not have; remove it")
     for name, enc in ENCODERS.items():
         where = f"config: encoders.{name}"
         if "backbone" in enc and enc["backbone"] not in config["backbones"]:
@@ -54,8 +84,9 @@ def _check_config():
         for ds in enc.get("train", {}).get("datasets", []):
             if ds not in DATASETS:
                 raise WorkflowError(f"{where}.train.datasets names {ds!r}, which is not under `datasets:`")
-            if DATASETS[ds]["source"] != "synthetic":
-                raise WorkflowError(f"{where}.train.datasets: {ds!r} has no depth maps to train from")
+            if DATASETS[ds]["source"] not in WITH_DEPTH:
+                raise WorkflowError(f"{where}.train.datasets: {ds!r} has no depth maps to train from "
+                                    f"(sources with depth: {', '.join(WITH_DEPTH)})")
 
 
 _check_config()
@@ -78,24 +109,124 @@ def dataset_root(dataset):
     return f"resources/{dataset}"
 
 
-def model_files(wildcards):
-    """The scene's COLMAP model: produced by a data rule, or already on disk under a configured root."""
-    model_dir = f"{dataset_root(wildcards.dataset)}/{wildcards.scene}/dslr_calibration_undistorted"
-    files = [f"{model_dir}/{name}.txt" for name in ("cameras", "images", "points3D")]
-    if "root" in DATASETS[wildcards.dataset] and not all(os.path.exists(f) for f in files):
+def single_scene(dataset):
+    """colmap/folder datasets without `scenes`: one scene, named after the dataset, at the root itself."""
+    return "scenes" not in DATASETS[dataset]
+
+
+def scene_dir(dataset, scene):
+    if DATASETS[dataset]["source"] == "inloc" or single_scene(dataset):
+        return dataset_root(dataset)
+    return f"{dataset_root(dataset)}/{scene}"
+
+
+def reader_args(dataset, scene):
+    """What vop.datasets.open_scene needs to read one scene (passed to jobs through `params:`)."""
+    ds = DATASETS[dataset]
+    source = "eth3d" if ds["source"] == "synthetic" else ds["source"]
+    args = {"source": source, "root": dataset_root(dataset), "scene": None if single_scene(dataset) else scene}
+    if source in ("colmap", "folder"):
+        args["images"] = ds.get("images", "images" if source == "colmap" else "")
+    if source == "colmap":
+        args["model"] = ds.get("model", "sparse")
+    return canonical(args)
+
+
+def _require(dataset, paths, what):
+    """Files a configured `root` must hold; checked only when a target needs this dataset."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
         raise WorkflowError(
-            f"dataset {wildcards.dataset!r}, scene {wildcards.scene!r}: no COLMAP model in {model_dir}; "
-            f"check datasets.{wildcards.dataset}.root in the config (it must hold one folder per scene)"
+            f"dataset {dataset!r}: {missing[0]} not found ({what}); set datasets.{dataset}.root in the config "
+            f"to the folder that holds it (now {dataset_root(dataset)!r}; relative paths start at the "
+            f"working directory {os.getcwd()})"
         )
-    return files
+    return list(paths)
+
+
+def part_stamp(dataset, part):
+    return f"resources/{dataset}/extracted/{part}.done"
+
+
+def _colmap_model_files(dataset, scene):
+    model = f"{scene_dir(dataset, scene)}/{DATASETS[dataset].get('model', 'sparse')}"
+    for folder in (model, f"{model}/0"):
+        for ext in (".txt", ".bin"):
+            files = [f"{folder}/{name}{ext}" for name in ("cameras", "images")]
+            if all(os.path.exists(f) for f in files):
+                points = f"{folder}/points3D{ext}"
+                return files + ([points] if os.path.exists(points) else [])
+    return _require(dataset, [f"{model}/cameras.txt"], "a COLMAP model, text or binary, in the `model` folder")
+
+
+def gt_inputs(wildcards):
+    """The native files a scene's ground truth is read from: produced by data rules, or under `root`."""
+    dataset, scene = wildcards.dataset, wildcards.scene
+    source, configured = DATASETS[dataset]["source"], "root" in DATASETS[dataset]
+    if single_scene(dataset) and scene != dataset:
+        raise WorkflowError(f"dataset {dataset!r} has one scene, called {dataset!r}; asked for {scene!r}")
+    if source in ("synthetic", "eth3d"):
+        model_dir = f"{scene_dir(dataset, scene)}/dslr_calibration_undistorted"
+        files = [f"{model_dir}/{name}.txt" for name in ("cameras", "images", "points3D")]
+        return _require(dataset, files, "the scene's ETH3D calibration; root holds one folder per scene") \
+            if configured else files
+    if source == "megadepth":
+        if configured:
+            return _require(dataset, [f"{dataset_root(dataset)}/scene_info/{scene}.npz"],
+                            "the scene info; root holds scene_info/ and Undistorted_SfM/")
+        return [part_stamp(dataset, "scene_info"), part_stamp(dataset, f"Undistorted_SfM-{scene}")]
+    if source == "inloc":
+        if configured:
+            return _require(dataset, [f"{dataset_root(dataset)}/database/cutouts", f"{dataset_root(dataset)}/query/iphone7"],
+                            "InLoc's cutouts and iphone7 queries")
+        return [part_stamp(dataset, "cutouts"), part_stamp(dataset, "iphone7")]
+    if source == "colmap":
+        return _colmap_model_files(dataset, scene)
+    return _require(dataset, [image_dir(dataset, scene)], "the image folder")  # folder
+
+
+def labels_inputs(wildcards):
+    inputs = {"gt": f"results/{wildcards.dataset}/{wildcards.scene}/gt.h5"}
+    ds = DATASETS[wildcards.dataset]
+    if ds["source"] == "megadepth":
+        depth = f"{dataset_root(wildcards.dataset)}/depth_undistorted/{wildcards.scene}"
+        inputs["depth"] = _require(wildcards.dataset, [depth], "MegaDepth depth maps, for training") \
+            if "root" in ds else part_stamp(wildcards.dataset, f"depth_undistorted-{wildcards.scene}")
+    return inputs
+
+
+def archive_part(dataset, part):
+    parts = {}
+    for scene in scenes(dataset):
+        parts.update(ARCHIVE_PARTS[DATASETS[dataset]["source"]](scene))
+    if part not in parts:
+        raise WorkflowError(f"dataset {dataset!r}: unknown archive part {part!r} (known: {sorted(parts)})")
+    return parts[part]
+
+
+def archive_url(dataset, archive):
+    base = DATASETS[dataset]["url"].rstrip("/")
+    return f"{base}/{archive}"
 
 
 def image_dir(dataset, scene):
-    return f"{dataset_root(dataset)}/{scene}/images"
+    source = DATASETS[dataset]["source"]
+    if source == "megadepth":
+        return f"{dataset_root(dataset)}/Undistorted_SfM/{scene}/images"
+    if source == "inloc":
+        return dataset_root(dataset)
+    if source in ("colmap", "folder"):
+        images = reader_args(dataset, scene)["images"]
+        return f"{scene_dir(dataset, scene)}/{images}".rstrip("/") if images else scene_dir(dataset, scene)
+    return f"{scene_dir(dataset, scene)}/images"
+
+
+def has_pose_ground_truth(dataset):
+    return DATASETS[dataset]["source"] not in NO_POSES
 
 
 def scenes(dataset):
-    return DATASETS[dataset]["scenes"]
+    return DATASETS[dataset].get("scenes", [dataset])
 
 
 def backbone_of(dataset):
@@ -167,8 +298,11 @@ def retrieval_inputs(wildcards):
 def auc_inputs(wildcards):
     ds = wildcards.dataset
     runs = [(m, s) for m in DATASETS[ds]["methods"] for s in scenes(ds)]
-    return {
+    inputs = {
         "pose": [f"results/{ds}/{s}/{m}/pose.csv" for m, s in runs],
         "pairs": [f"results/{ds}/{s}/{m}/pairs.txt" for m, s in runs],
         "gt": [f"results/{ds}/{s}/gt.h5" for m, s in runs],
     }
+    if not has_pose_ground_truth(ds):  # images without poses: retrieval only, no pose.csv
+        del inputs["pose"]
+    return inputs

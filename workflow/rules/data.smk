@@ -1,4 +1,5 @@
-# Data: raw scenes in their native (ETH3D) layout under resources/, and gt.h5 per scene.
+# Data: raw scenes in their native layout under resources/ (generated, or downloaded and extracted; a
+# configured `root` skips both), and gt.h5 per scene read through vop.datasets.
 
 
 rule synthetic_scene:
@@ -31,6 +32,7 @@ rule download_eth3d:
         "resources/{dataset}/ETH3D_undistorted.zip",
     params:
         url=lambda wc: DATASETS[wc.dataset]["url"],
+        config_key=lambda wc: f"datasets.{wc.dataset}.root",
     wildcard_constraints:
         dataset=_alternatives(datasets_of("eth3d")),
     log:
@@ -67,17 +69,61 @@ rule extract_eth3d_scene:
     conda:
         "../../envs/vop.yaml"
     script:
-        "../../scripts/extract_eth3d.py"
+        "../../scripts/extract.py"
+
+
+rule download_archive:
+    """Fetch one archive of MegaDepth or InLoc (resumable, verified), or say where to put it by hand."""
+    output:
+        "resources/{dataset}/archives/{archive}",
+    params:
+        url=lambda wc: archive_url(wc.dataset, wc.archive),
+        config_key=lambda wc: f"datasets.{wc.dataset}.root",
+    wildcard_constraints:
+        dataset=_alternatives(datasets_of("megadepth") + datasets_of("inloc")),
+        archive=r"[^/]+\.tar(\.gz)?",
+    log:
+        "logs/{dataset}/download_{archive}.log",
+    benchmark:
+        "logs/{dataset}/download_{archive}.benchmark.tsv"
+    localrule: True
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/download.py"
+
+
+rule extract_archive_part:
+    """Unpack one part (a scene's images or depth, the scene infos, the cutouts) safely; stamp when done."""
+    input:
+        lambda wc: f"resources/{wc.dataset}/archives/{archive_part(wc.dataset, wc.part)[0]}",
+    output:
+        "resources/{dataset}/extracted/{part}.done",
+    params:
+        member_prefix=lambda wc: archive_part(wc.dataset, wc.part)[1],
+        target=lambda wc: f"{dataset_root(wc.dataset)}/{archive_part(wc.dataset, wc.part)[2]}".rstrip("/"),
+        stamp=lambda wc: part_stamp(wc.dataset, wc.part),
+    wildcard_constraints:
+        dataset=_alternatives(datasets_of("megadepth") + datasets_of("inloc")),
+        part="[^/]+",
+    log:
+        "logs/{dataset}/extract_{part}.log",
+    benchmark:
+        "logs/{dataset}/extract_{part}.benchmark.tsv"
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/extract.py"
 
 
 rule ground_truth:
-    """Intrinsics, poses, image sizes and co-visibility overlap of one scene, from its COLMAP model."""
+    """Intrinsics, poses, image sizes and overlap of one scene, read from its native files."""
     input:
-        model_files,
+        gt_inputs,
     output:
         "results/{dataset}/{scene}/gt.h5",
     params:
-        scene_dir=lambda wc: f"{dataset_root(wc.dataset)}/{wc.scene}",
+        reader=lambda wc: reader_args(wc.dataset, wc.scene),
     log:
         "logs/{dataset}/{scene}/ground_truth.log",
     benchmark:

@@ -4,11 +4,11 @@
 rule patch_labels:
     """Ground-truth patch correspondences of sampled image pairs, from depth (cached per scene)."""
     input:
-        gt="results/{dataset}/{scene}/gt.h5",
+        unpack(labels_inputs),
     output:
         "results/{dataset}/{scene}/labels.h5",
     params:
-        scene_dir=lambda wc: f"{dataset_root(wc.dataset)}/{wc.scene}",
+        reader=lambda wc: reader_args(wc.dataset, wc.scene),
         conf=canonical(config.get("labels", {})),
     resources:
         mem_mb=4000,

@@ -23,3 +23,32 @@ rule auc_table:
         "../../envs/vop.yaml"
     script:
         "../../scripts/auc_table.py"
+
+
+# Datasets without pose ground truth (folder, inloc): the same table, its metric cells saying so.
+ruleorder: retrieval_table > auc_table
+
+
+rule retrieval_table:
+    """auc.csv of a dataset without ground truth: queries per method and scene, "no ground truth" cells."""
+    input:
+        unpack(auc_inputs),
+    output:
+        "results/{dataset}/auc.csv",
+    params:
+        runs=lambda wc: [
+            {"method": m, "scene": s, "k": METHODS[m]["k"]}
+            for m in DATASETS[wc.dataset]["methods"]
+            for s in scenes(wc.dataset)
+        ],
+    wildcard_constraints:
+        dataset=_alternatives([d for d in DATASETS if not has_pose_ground_truth(d)]),
+    log:
+        "logs/{dataset}/retrieval_table.log",
+    benchmark:
+        "logs/{dataset}/retrieval_table.benchmark.tsv"
+    localrule: True
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/retrieval_table.py"

@@ -11,6 +11,7 @@ coordinates follow COLMAP (the centre of the top-left pixel is at (0.5, 0.5)).
 from __future__ import annotations
 
 import argparse
+import logging
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from vop.datasets import SceneReader
 from vop.io import GroundTruth, atomic_path, write_gt
+
+logger = logging.getLogger(__name__)
 
 # COLMAP's camera models: id -> (name, parameter names). The first entries of every model are the
 # pinhole part (f or fx, fy, then cx, cy); what follows is distortion.
@@ -474,6 +478,123 @@ def ground_truth_from_model(model: Model, allow_distortion: bool = False) -> Gro
         point_sets = [im.point3D_ids[np.isin(im.point3D_ids, known)] for im in images]
         overlap = covisibility_overlap(point_sets)
     return GroundTruth([im.name for im in images], K, T, size, overlap)
+
+
+def _scene_depths(centers: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """A typical scene depth per camera (N,), from where its optical axis passes closest to the others'.
+
+    For cameras i, j the points of closest approach of their axes lie at depths s_i, s_j; pairs whose axes
+    meet in front of both cameras (gap below half the depth) vote, the median vote is camera i's depth.
+    Cameras without a vote take the median of all votes (or twice the median baseline).
+    """
+    n = len(centers)
+    w = centers[:, None, :] - centers[None, :, :]  # c_i - c_j
+    b = axes @ axes.T
+    d = np.einsum("ik,ijk->ij", axes, w)
+    e = np.einsum("jk,ijk->ij", axes, w)
+    denom = 1.0 - b**2
+    with np.errstate(divide="ignore", invalid="ignore"):  # parallel axes: inf/nan, rejected below
+        s = (b * e - d) / denom
+        u = (e - b * d) / denom
+        gap = np.linalg.norm(w + s[..., None] * axes[:, None, :] - u[..., None] * axes[None, :, :], axis=-1)
+    ok = (denom > 1e-4) & (s > 0) & (u > 0) & (gap < 0.5 * np.minimum(s, u)) & ~np.eye(n, dtype=bool)
+    votes = np.where(ok, s, np.nan)
+    depths = np.full(n, np.nan)
+    has_vote = ok.any(axis=1)
+    depths[has_vote] = np.nanmedian(votes[has_vote], axis=1)
+    if has_vote.any():
+        fallback = float(np.median(depths[has_vote]))
+    else:
+        baselines = np.linalg.norm(w, axis=-1)[~np.eye(n, dtype=bool)]
+        fallback = 2.0 * float(np.median(baselines)) if baselines.size and np.median(baselines) > 0 else 1.0
+    depths[~has_vote] = fallback
+    return depths
+
+
+def pose_overlap(K: np.ndarray, T_w2cam: np.ndarray, image_size: np.ndarray, grid: int = 16,
+                 max_angle: float = 60.0) -> np.ndarray:
+    """Overlap (N,N) float32 estimated from calibrated poses alone, for models without 3D points.
+
+    Each camera's scene is taken as a plane facing it at its typical depth (`_scene_depths`); a grid of
+    grid x grid pixels of i is lifted onto it and projected into j. A point counts where it lands inside j,
+    weighted by how squarely j sees i's plane: 1 when the rays from i and j to the point agree, falling
+    linearly to 0 at `max_angle` degrees (a surface seen from the side or behind shares no features).
+    f_ij is the mean weight; as the co-visibility |P_i & P_j| / min(|P_i|, |P_j|), overlap = max(f_ij, f_ji).
+    An approximation (no occlusion, no relief) used only when a model has no 3D points.
+    """
+    K, T = np.asarray(K, np.float64), np.asarray(T_w2cam, np.float64)
+    size = np.asarray(image_size, np.float64).reshape(-1, 2)
+    n = len(K)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    R, t = T[:, :3, :3], T[:, :3, 3]
+    centers = -np.einsum("nji,nj->ni", R, t)
+    axes = R[:, 2, :]  # the camera z axis in world coordinates
+    depths = _scene_depths(centers, axes)
+    min_cos = np.cos(np.radians(max_angle))
+    frac = (np.arange(grid) + 0.5) / grid
+    seen = np.zeros((n, n))
+    for i in range(n):
+        u, v = np.meshgrid(frac * size[i, 0], frac * size[i, 1])
+        pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
+        X = R[i].T @ (np.linalg.solve(K[i], pix) * depths[i] - t[i][:, None])  # (3,G) world points
+        cam = np.einsum("nij,jg->nig", R, X) + t[:, :, None]  # (N,3,G) in every camera
+        z = cam[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            proj = np.einsum("nij,njg->nig", K, cam)
+            x, y = proj[:, 0] / proj[:, 2], proj[:, 1] / proj[:, 2]
+        inside = (z > 0) & (x >= 0) & (x < size[:, :1]) & (y >= 0) & (y < size[:, 1:])
+        ray_i = X - centers[i][:, None]  # (3,G)
+        ray_j = X[None] - centers[:, :, None]  # (N,3,G)
+        cos = np.einsum("kg,nkg->ng", ray_i, ray_j) / (
+            np.linalg.norm(ray_i, axis=0) * np.linalg.norm(ray_j, axis=1) + 1e-12)
+        weight = np.clip((cos - min_cos) / (1.0 - min_cos), 0.0, 1.0)
+        seen[i] = (inside * weight).mean(axis=1)
+    overlap = np.maximum(seen, seen.T)
+    np.fill_diagonal(overlap, 1.0)
+    return overlap.astype(np.float32)
+
+
+class ColmapScene(SceneReader):
+    """Your own data: a COLMAP model (text or binary) and its image folder, in one scene folder.
+
+    `images` and `model` are relative to the scene folder; when `model` holds no model but `model/0` does
+    (COLMAP's mapper output), that one is used. Without 3D points the overlap is estimated from the poses
+    (`pose_overlap`). Image names are as in the model, relative to the image folder.
+    """
+
+    source = "colmap"
+
+    def __init__(self, root: str | Path, scene: str | None = None, images: str = "images", model: str = "sparse"):
+        super().__init__(root, scene)
+        self.images, self.model = images, model
+
+    @property
+    def image_dir(self) -> Path:
+        return self.scene_dir / self.images
+
+    @property
+    def model_dir(self) -> Path:
+        path = self.scene_dir / self.model
+        if path.is_dir() and not any((path / f"cameras{ext}").exists() for ext in (".txt", ".bin")) \
+                and (path / "0").is_dir():
+            return path / "0"
+        return path
+
+    def ground_truth(self) -> GroundTruth:
+        if not self.scene_dir.is_dir():
+            raise FileNotFoundError(f"{self.scene_dir}: folder not found; set the dataset's `root` to the folder "
+                                    f"holding {self.images}/ and {self.model}/")
+        model = read_model(self.model_dir)
+        missing = [im.name for im in model.images.values() if not (self.image_dir / im.name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.image_dir / missing[0]}: image of {self.model_dir} not found "
+                                    f"({len(missing)} missing in all); check the dataset's `images` key")
+        gt = ground_truth_from_model(model)
+        if gt.overlap is None and len(gt.names):
+            logger.warning("%s: no 3D points; overlap estimated from the camera poses", self.model_dir)
+            gt.overlap = pose_overlap(gt.K, gt.T_w2cam, gt.image_size)
+        return gt
 
 
 # ---------------------------------------------------------------------------------------------

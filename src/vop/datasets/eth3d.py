@@ -13,28 +13,20 @@ Depth maps follow ETH3D's raw convention: despite the .JPG name, the file is a h
 little-endian float32 in row-major order, shape (height, width) of the image, holding the z-depth in
 metres; pixels without ground truth are +inf. `read_depth` checks the file size against the image size.
 
-    python -m vop.datasets.eth3d download URL resources/eth3d/ETH3D_undistorted.zip
-    python -m vop.datasets.eth3d extract resources/eth3d/ETH3D_undistorted.zip resources/eth3d/extracted
     python -m vop.datasets.eth3d gt ROOT courtyard results/eth3d/courtyard/gt.h5
+
+Download and extraction of the archive: `vop.download` (resumable, verified, safe extraction).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import os
-import shutil
-import stat
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from vop.datasets import colmap
-from vop.io import replace_dir, write_gt
+from vop.datasets import NoDepthError, SceneReader, colmap
+from vop.io import write_gt
 
 SCENES = (
     "courtyard", "delivery_area", "electro", "facade", "kicker", "meadow", "office", "pipes", "playground",
@@ -90,103 +82,46 @@ def read_depth(path: str | Path, width: int, height: int) -> np.ndarray:
     return np.fromfile(path, dtype="<f4").reshape(height, width)
 
 
-def download(url: str, dest: str | Path, name: str = "eth3d", timeout: float = 60.0) -> Path:
-    """Download `url` to `dest` through a temporary file beside it, renamed when complete."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            expected = response.headers.get("Content-Length")
-            shutil.copyfileobj(response, f, length=1 << 20)
-        if expected is not None and tmp.stat().st_size != int(expected):
-            raise RuntimeError(
-                f"download of {url} stopped after {tmp.stat().st_size} of {expected} bytes; run it again, "
-                f"or fetch it by hand and put it at {dest}"
+class Eth3dScene(SceneReader):
+    """Reader of a scene in the ETH3D undistorted layout (ETH3D and the synthetic scenes)."""
+
+    source = "eth3d"
+
+    def __init__(self, root: str | Path, scene: str | None = None):
+        if not scene:
+            raise ValueError(f"{root}: an ETH3D dataset holds one folder per scene; name the scene")
+        super().__init__(root, scene)
+
+    @property
+    def image_dir(self) -> Path:
+        return scene_paths(self.root, self.scene)[0]
+
+    def ground_truth(self):
+        return colmap.ground_truth_from_model(read_scene_model(self.root, self.scene))
+
+    def depth(self, name: str, size) -> np.ndarray:
+        depth_dir = scene_paths(self.root, self.scene)[2]
+        path = depth_dir / Path(name).name  # depth maps are found by the image's basename
+        if not path.is_file():
+            raise NoDepthError(
+                f"{path}: depth map of image {name} not found; training labels need ground-truth depth for every "
+                f"image, so use a dataset that provides it (ETH3D ground_truth_depth, synthetic scenes, MegaDepth "
+                f"depth_undistorted) or check that {self.scene_dir} is the scene folder holding {DEPTH_SUBDIR}"
             )
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
-        # Only network failures land here; a local write error (disk full) propagates as it is.
-        if isinstance(e, urllib.error.HTTPError):
-            reason = f"the server answered HTTP {e.code} {e.reason}"
-        else:
-            reason = f"no network or server unreachable ({getattr(e, 'reason', e)})"
-        raise RuntimeError(
-            f"cannot download {url}: {reason}. Fetch {url} by hand and put it at {dest} "
-            f"(or set the config key `datasets.{name}.root` to an extracted copy)"
-        ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
-def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
-    name = info.filename
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":"):
-        raise ValueError(f"{archive}: member {name!r} would be written outside the target; refusing the archive")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise ValueError(f"{archive}: member {name!r} is a symbolic link; refusing the archive")
-
-
-def extract_zip(archive: str | Path, target: str | Path, overwrite: bool = False, member_prefix: str = "") -> Path:
-    """Extract a zip into `target` (created), refusing members that escape it and symbolic links.
-
-    With `member_prefix` (e.g. "ETH3D_undistorted/courtyard/") only the members under it are extracted,
-    to `target / member_prefix`, so one scene of a large archive can be unpacked by its own job.
-    Extraction goes into a temporary directory that is renamed at the end, so an interrupted or refused
-    extraction leaves no partial result. Returns the extracted folder.
-    """
-    archive, target = Path(archive), Path(target)
-    final = target / member_prefix if member_prefix else target
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} exists: delete it or pass overwrite=True (--overwrite)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"{archive}: not a valid zip archive ({e}); download it again") from e
-    with zf:
-        members = [m for m in zf.infolist() if m.filename.startswith(member_prefix)]
-        if member_prefix and not members:
-            raise ValueError(
-                f"{archive} holds nothing under {member_prefix!r}: check the scene name in the config "
-                "against the archive's folders"
-            )
-        for info in members:  # check everything before writing anything
-            _check_member(info, archive)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            zf.extractall(tmp, members)
-            replace_dir(tmp / member_prefix if member_prefix else tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        width, height = (int(s) for s in size)
+        return read_depth(path, width, height)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vop.datasets.eth3d",
-                                     description="ETH3D undistorted: download, extract, ground truth.")
+                                     description="ETH3D undistorted: ground truth of a scene.")
     sub = parser.add_subparsers(dest="command", required=True)
     gt = sub.add_parser("gt", help="write gt.h5 of one scene")
     gt.add_argument("root", type=Path, help="directory holding the scene folders")
     gt.add_argument("scene", help=f"one of {', '.join(SCENES)} (or any scene in this layout)")
     gt.add_argument("out", type=Path, help="output gt.h5")
-    dl = sub.add_parser("download", help="download the archive")
-    dl.add_argument("url", nargs="?", default=DEFAULT_URL)
-    dl.add_argument("dest", type=Path)
-    ex = sub.add_parser("extract", help="extract the archive safely")
-    ex.add_argument("archive", type=Path)
-    ex.add_argument("target", type=Path)
-    ex.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-
-    if args.command == "gt":
-        write_ground_truth(args.root, args.scene, args.out)
-    elif args.command == "download":
-        download(args.url, args.dest)
-    else:
-        extract_zip(args.archive, args.target, args.overwrite)
+    write_ground_truth(args.root, args.scene, args.out)
 
 
 if __name__ == "__main__":

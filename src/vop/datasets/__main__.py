@@ -1,0 +1,3 @@
+from vop.datasets import main
+
+main()
