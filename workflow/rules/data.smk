@@ -15,6 +15,8 @@ rule synthetic_scene:
         synthetic=lambda wc: canonical(DATASETS[wc.dataset].get("synthetic", {})),
     wildcard_constraints:
         dataset=_alternatives(datasets_of("synthetic")),
+    resources:
+        mem_mb=mem_mb(1000),
     log:
         "logs/{dataset}/{scene}/synthetic_scene.log",
     benchmark:
@@ -60,6 +62,8 @@ rule extract_eth3d_scene:
         target=lambda wc: f"resources/{wc.dataset}",
     wildcard_constraints:
         dataset=_alternatives(datasets_of("eth3d")),
+    resources:
+        mem_mb=mem_mb(1000),
     log:
         "logs/{dataset}/{scene}/extract_eth3d_scene.log",
     benchmark:
@@ -78,6 +82,8 @@ rule ground_truth:
         "results/{dataset}/{scene}/gt.h5",
     params:
         scene_dir=lambda wc: f"{dataset_root(wc.dataset)}/{wc.scene}",
+    resources:
+        mem_mb=mem_mb(2000),
     log:
         "logs/{dataset}/{scene}/ground_truth.log",
     benchmark:

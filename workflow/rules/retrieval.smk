@@ -12,7 +12,8 @@ rule retrieve:
     params:
         method=lambda wc: method_params(wc.dataset, wc.method),
     resources:
-        mem_mb=4000,
+        gpu=1,
+        mem_mb=mem_mb(4000),
     log:
         "logs/{dataset}/{scene}/{method}/retrieve.log",
     benchmark:
