@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from vop import io
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 TARGET = "results/tiny/auc.csv"
-
-pytestmark = pytest.mark.workflow
 
 # one evaluation and one training scene: every stage runs, the encoder included
 CONFIG = {
@@ -114,6 +115,31 @@ def assert_nothing_half_written(directory: Path) -> None:
             assert len(table) > 0 and not table.isna().all(axis=1).any(), path
 
 
+KILLED_WRITER = """
+import os, signal, sys
+import h5py
+from vop import io
+with io.atomic_path(sys.argv[1]) as tmp, h5py.File(tmp, "w") as f:
+    f["a/global_descriptor"] = [1.0, 2.0]
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # mid-write, as a cluster kills a job
+"""
+
+
+def test_writer_killed_mid_write_leaves_no_output_and_its_temp_goes_with_the_next_write(tmp_path):
+    out = tmp_path / "features.h5"
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)], check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    (leftover,) = tmp_path.iterdir()  # SIGKILL skipped the cleanup: only the temp file is there
+    assert leftover.name.startswith(".features.h5.tmp")
+    io.write_image_groups(out, {"a": {"global_descriptor": np.ones(2, np.float32)}})
+    assert [p.name for p in tmp_path.iterdir()] == ["features.h5"]
+    assert io.list_h5_names(out) == ["a"]
+
+
+@pytest.mark.workflow
 def test_killed_run_resumes_to_the_uninterrupted_table(tmp_path):
     reference = workdir(tmp_path / "reference")
     snakemake(reference, TARGET)
