@@ -256,8 +256,6 @@ def workdir_with_config(path: Path, config: dict) -> Path:
 def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
     config = demo_config()
     local = workdir_with_config(tmp_path / "local", config)
-    run([*SNAKEMAKE, "--directory", str(local), "--cores", "2", "results/demo/auc.csv"])
-
     on_slurm = workdir_with_config(tmp_path / "slurm", copy.deepcopy(config))
     slurm_run = [
         *SNAKEMAKE, "--directory", str(on_slurm), "--profile", str(user_profile(tmp_path / "profile")),
@@ -267,8 +265,21 @@ def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
         "--slurm-init-seconds-before-status-checks", "1",
     ]
     rule_resources = threads_and_memory(run([*slurm_run, "--dry-run"], cluster.env))
-    out = run(slurm_run, cluster.env)
+
+    # the local reference runs beside the cluster run, whose jobs mostly wait for status polls
+    local_log = tmp_path / "local.log"
+    with open(local_log, "w") as log:
+        local_run = subprocess.Popen([*SNAKEMAKE, "--directory", str(local), "--cores", "2", "results/demo/auc.csv"],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out = run(slurm_run, cluster.env)
+    except BaseException:
+        os.killpg(local_run.pid, signal.SIGKILL)  # snakemake and its jobs
+        raise
+    finally:
+        local_run.wait()
     assert "Provided remote nodes" in out  # the SLURM executor ran it, not the local one
+    assert local_run.returncode == 0, local_log.read_text()[-8000:]
 
     expected = pd.read_csv(local / "results/demo/auc.csv")
     table = pd.read_csv(on_slurm / "results/demo/auc.csv")
