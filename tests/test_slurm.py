@@ -95,14 +95,20 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def wait_for(what: str, check, timeout: float, logs: list[Path]) -> None:
+def wait_for(what: str, check, timeout: float, logs: list[Path], daemons=()) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        exited = [d.args[0] for d in daemons if d.poll() is not None]
+        if exited:
+            problem = f"{', '.join(exited)} exited"
+            break
         time.sleep(0.5)
+    else:
+        problem = f"not within {timeout:.0f} s"
     tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-    pytest.fail(f"{what} did not happen within {timeout:.0f} s\n{tails}")
+    pytest.fail(f"waiting for {what}: {problem}\n{tails}")
 
 
 def quiet(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -133,21 +139,21 @@ class Cluster:
                                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
                                f"--log-file={self.log_dir / 'munged.log'}"])
         wait_for("munged answering", lambda: quiet(["munge", "-n", "-S", str(self.munge_socket)],
-                                                   self.env).returncode == 0, 30, self.logs)
+                                                   self.env).returncode == 0, 30, self.logs, self.daemons)
         ctld_port, slurmd_port = free_ports(2)
         (self.conf_dir / "slurm.conf").write_text(self._slurm_conf(ctld_port, slurmd_port))
         self._link_run_conf()
         conf = str(self.conf_dir / "slurm.conf")
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", conf])
         wait_for("slurmctld answering", lambda: quiet(["scontrol", "ping"], self.env).stdout.count("UP") == 1,
-                 60, self.logs)
+                 60, self.logs, self.daemons)
         self._spawn("slurmd", ["slurmd", "-D", "-f", conf, "-N", self.node])
         wait_for("the node becoming idle", lambda: quiet(["sinfo", "-h", "-o", "%T"], self.env).stdout.strip()
-                 == "idle", 60, self.logs)
+                 == "idle", 60, self.logs, self.daemons)
 
     @property
     def logs(self) -> list[Path]:
-        return sorted(self.log_dir.glob("*.log"))
+        return sorted(self.log_dir.iterdir())  # the daemons' log files and their stdout (early errors)
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         with open(self.log_dir / f"{name}.out", "w") as out:
