@@ -16,6 +16,8 @@ rule synthetic_scene:
         synthetic=lambda wc: canonical(DATASETS[wc.dataset].get("synthetic", {})),
     wildcard_constraints:
         dataset=_alternatives(datasets_of("synthetic")),
+    resources:
+        mem_mb=mem_mb(1000),
     log:
         "logs/{dataset}/{scene}/synthetic_scene.log",
     benchmark:
@@ -62,6 +64,8 @@ rule extract_eth3d_scene:
         target=lambda wc: f"resources/{wc.dataset}",
     wildcard_constraints:
         dataset=_alternatives(datasets_of("eth3d")),
+    resources:
+        mem_mb=mem_mb(1000),
     log:
         "logs/{dataset}/{scene}/extract_eth3d_scene.log",
     benchmark:
@@ -106,6 +110,8 @@ rule extract_archive_part:
     wildcard_constraints:
         dataset=_alternatives(datasets_of("megadepth") + datasets_of("inloc")),
         part="[^/]+",
+    resources:
+        mem_mb=mem_mb(1000),
     log:
         "logs/{dataset}/extract_{part}.log",
     benchmark:
@@ -124,6 +130,8 @@ rule ground_truth:
         "results/{dataset}/{scene}/gt.h5",
     params:
         reader=lambda wc: reader_args(wc.dataset, wc.scene),
+    resources:
+        mem_mb=mem_mb(2000),
     log:
         "logs/{dataset}/{scene}/ground_truth.log",
     benchmark:

@@ -11,7 +11,7 @@ rule patch_labels:
         reader=lambda wc: reader_args(wc.dataset, wc.scene),
         conf=canonical(config.get("labels", {})),
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(2000),
     log:
         "logs/{dataset}/{scene}/patch_labels.log",
     benchmark:
@@ -42,7 +42,7 @@ rule train_encoder:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb(4000),
     log:
         "logs/encoders/{encoder}/train_encoder.log",
     benchmark:
@@ -63,7 +63,7 @@ rule embeddings:
         encoder=lambda wc: canonical(ENCODERS[wc.encoder]),
     resources:
         gpu=1,
-        mem_mb=4000,
+        mem_mb=mem_mb(2000),
     log:
         "logs/{dataset}/{scene}/embeddings-{encoder}.log",
     benchmark:

@@ -15,7 +15,7 @@ rule features:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),  # DINOv2 ViT-L weights and batches of full-size images
     log:
         "logs/{dataset}/{scene}/features-{backbone}.log",
     benchmark:

@@ -12,7 +12,7 @@ rule local_features:
         conf=canonical(config.get("local_features", {})),
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(2000),
     log:
         "logs/{dataset}/{scene}/local_features.log",
     benchmark:
@@ -35,7 +35,7 @@ rule pose:
         conf=canonical(config.get("pose", {})),
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(2000),
     log:
         "logs/{dataset}/{scene}/{method}/pose.log",
     benchmark:

@@ -13,7 +13,8 @@ rule retrieve:
         method=lambda wc: method_params(wc.dataset, wc.method),
         mode=lambda wc: retrieval_mode(wc.dataset),
     resources:
-        mem_mb=4000,
+        gpu=1,
+        mem_mb=mem_mb(4000),
     log:
         "logs/{dataset}/{scene}/{method}/retrieve.log",
     benchmark:

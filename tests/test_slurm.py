@@ -1,0 +1,317 @@
+"""profiles/slurm on a live SLURM cluster: munged, slurmctld and slurmd on 127.0.0.1, one node.
+
+The demo (a small override of it, see `demo_config`) runs through `snakemake --profile` with the profile
+edited exactly as the README's cluster section says (partition and account, nothing else); its table
+must equal a local run's, and every job must have gone through sbatch with the rule's resources.
+
+Needs root (slurmd runs jobs as their user) and Debian's slurmctld, slurmd, slurm-client and munge,
+which .ci/run installs. Where they are missing the test fails, unless this machine cannot install them
+(not root, no apt-get): then it skips and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+SLURM_TOOLS = ["munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "srun", "scontrol", "sinfo", "scancel"]
+PARTITION, ACCOUNT = "vopdebug", "vopacct"
+GPU_RULES = ["features", "train_encoder", "embeddings", "retrieve"]
+# slurm clients look here when SLURM_CONF is not set: the plugin's job step drops SLURM_* variables
+# before its inner `srun`, which then finds the configuration the way it does on a configless node
+RUN_CONF = Path("/run/slurm/conf")
+
+pytestmark = pytest.mark.workflow
+
+
+def demo_config() -> dict:
+    """config/config.yaml with the demo made small: one evaluation and one training scene of 8 images,
+    a 2-epoch encoder, three methods (trained VOP head, CLS, oracle). Every rule of the demo still runs."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    small = {"num_images": 8, "width": 320, "height": 240}
+    demo, train = config["datasets"]["demo"], config["datasets"]["demo_train"]
+    demo.update(scenes=demo["scenes"][:1], methods=["vop", "cls", "oracle"])
+    train.update(scenes=train["scenes"][:1])
+    demo["synthetic"].update(small)
+    train["synthetic"].update(small)
+    config["datasets"] = {"demo": demo, "demo_train": train}
+    config["encoders"] = {"vop_sift": config["encoders"]["vop_sift"]}
+    config["encoders"]["vop_sift"]["train"].update(epochs=2, batch_size=8)
+    config["methods"] = {m: config["methods"][m] for m in demo["methods"]}
+    config["methods"]["vop"]["prefilter"] = 5
+    config["labels"].update(pairs_per_bin=5, num_negative=5, stride=4)
+    return config
+
+
+def user_profile(directory: Path) -> Path:
+    """profiles/slurm as a new user makes it: the two EDIT lines get a partition and an account."""
+    text = PROFILE.read_text()
+    edited = re.sub(r'slurm_partition: "<partition>"', f"slurm_partition: {PARTITION}", text)
+    edited = re.sub(r'slurm_account: "<account>"', f"slurm_account: {ACCOUNT}", edited)
+    changed = [(a, b) for a, b in zip(text.splitlines(), edited.splitlines()) if a != b]
+    assert len(changed) == 2 and all("# EDIT" in b for _, b in changed), "the profile's EDIT lines moved"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(edited)
+    return directory
+
+
+def require_slurm() -> None:
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("the live SLURM test needs root and apt-get (slurmd runs the jobs; .ci/run installs "
+                    "slurmctld slurmd slurm-client munge)")
+    if missing:
+        pytest.fail(f"SLURM tools missing: {', '.join(missing)}; install them with "
+                    "`apt-get install slurmctld slurmd slurm-client munge` (.ci/run does)")
+    if Path("/etc/slurm/slurm.conf").exists():
+        pytest.fail("/etc/slurm/slurm.conf exists: this machine belongs to a real cluster, whose configuration "
+                    "the test's jobs would pick up; run the live test on a machine without one (CI does)")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def wait_for(what: str, check, timeout: float, logs: list[Path], daemons=()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        exited = [d.args[0] for d in daemons if d.poll() is not None]
+        if exited:
+            problem = f"{', '.join(exited)} exited"
+            break
+        time.sleep(0.5)
+    else:
+        problem = f"not within {timeout:.0f} s"
+    tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+    pytest.fail(f"waiting for {what}: {problem}\n{tails}")
+
+
+def quiet(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30, check=False)
+
+
+class Cluster:
+    """One-node SLURM in `root`: munged with its own key and socket, slurmctld and slurmd on free ports."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.conf_dir = root / "etc"
+        self.log_dir = root / "log"
+        self.munge_socket = root / "munge" / "munge.socket"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf_dir / "slurm.conf")}
+        self.daemons: list[subprocess.Popen] = []
+        self.node = socket.gethostname().split(".")[0]
+
+    def start(self) -> None:
+        for sub in ("etc", "log", "munge", "state", "spool"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "munge").chmod(0o755)
+        key = self.root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        self._spawn("munged", ["munged", "--foreground", "--force", f"--socket={self.munge_socket}",
+                               f"--key-file={key}", f"--pid-file={self.root / 'munge' / 'munged.pid'}",
+                               f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+                               f"--log-file={self.log_dir / 'munged.log'}"])
+        wait_for("munged answering", lambda: quiet(["munge", "-n", "-S", str(self.munge_socket)],
+                                                   self.env).returncode == 0, 30, self.logs, self.daemons)
+        ctld_port, slurmd_port = free_ports(2)
+        (self.conf_dir / "slurm.conf").write_text(self._slurm_conf(ctld_port, slurmd_port))
+        self._link_run_conf()
+        conf = str(self.conf_dir / "slurm.conf")
+        self._spawn("slurmctld", ["slurmctld", "-D", "-f", conf])
+        wait_for("slurmctld answering", lambda: quiet(["scontrol", "ping"], self.env).stdout.count("UP") == 1,
+                 60, self.logs, self.daemons)
+        self._spawn("slurmd", ["slurmd", "-D", "-f", conf, "-N", self.node])
+        wait_for("the node becoming idle", lambda: quiet(["sinfo", "-h", "-o", "%T"], self.env).stdout.strip()
+                 == "idle", 60, self.logs, self.daemons)
+
+    @property
+    def logs(self) -> list[Path]:
+        return sorted(self.log_dir.iterdir())  # the daemons' log files and their stdout (early errors)
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        with open(self.log_dir / f"{name}.out", "w") as out:
+            self.daemons.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env))
+
+    def _link_run_conf(self) -> None:
+        if RUN_CONF.is_symlink():
+            RUN_CONF.unlink()  # left by an earlier run that was killed; the lock says none is running
+        elif RUN_CONF.exists():
+            pytest.fail(f"{RUN_CONF} exists (configless slurmd of a real cluster); run the live test elsewhere")
+        RUN_CONF.parent.mkdir(parents=True, exist_ok=True)
+        RUN_CONF.symlink_to(self.conf_dir)
+
+    def _slurm_conf(self, ctld_port: int, slurmd_port: int) -> str:
+        r = self.root
+        # CPUs and memory are declared larger than this 2-core machine (config_overrides) so that the
+        # small demo's jobs share it as they would share a cluster; nothing here enforces memory
+        return f"""\
+ClusterName=voptest
+SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={self.munge_socket}
+StateSaveLocation={r / 'state'}
+SlurmdSpoolDir={r / 'spool'}
+SlurmctldPidFile={r / 'slurmctld.pid'}
+SlurmdPidFile={r / 'slurmd.pid'}
+SlurmctldLogFile={self.log_dir / 'slurmctld.log'}
+SlurmdLogFile={self.log_dir / 'slurmd.log'}
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SlurmdParameters=config_overrides
+ReturnToService=2
+MinJobAge=600
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 State=UNKNOWN
+PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+"""
+
+    def jobs(self) -> pd.DataFrame:
+        """Every job slurmctld still knows (MinJobAge keeps finished ones): id, state, account,
+        partition, CPUs, memory and the comment the plugin sets to the rule and wildcards."""
+        out = quiet(["squeue", "--states=all", "--noheader", "--format=%i|%T|%a|%P|%C|%m|%k"], self.env)
+        assert out.returncode == 0, out.stderr
+        rows = [line.split("|", 6) for line in out.stdout.splitlines() if line.strip()]
+        return pd.DataFrame(rows, columns=["id", "state", "account", "partition", "cpus", "memory", "comment"])
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            quiet(["scancel", "--partition", PARTITION], self.env)  # jobs of a failed run: stop their steps
+            time.sleep(1)
+        for proc in reversed(self.daemons):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if RUN_CONF.is_symlink() and Path(os.readlink(RUN_CONF)) == self.conf_dir:
+            RUN_CONF.unlink()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    require_slurm()
+    # one live cluster per machine at a time: it owns /run/slurm/conf
+    lock_path = Path("/run/lock/vop-slurm-test.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        live = Cluster(tmp_path_factory.mktemp("slurm"))
+        try:
+            live.start()
+            yield live
+        finally:
+            live.stop()
+
+
+def run(cmd: list[str], env: dict | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-8000:]}"
+    return out
+
+
+def workdir_with_config(path: Path, config: dict) -> Path:
+    (path / "config").mkdir(parents=True)
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
+    config = demo_config()
+    local = workdir_with_config(tmp_path / "local", config)
+    on_slurm = workdir_with_config(tmp_path / "slurm", copy.deepcopy(config))
+    slurm_run = [
+        *SNAKEMAKE, "--directory", str(on_slurm), "--profile", str(user_profile(tmp_path / "profile")),
+        "results/demo/auc.csv",
+        # overrides only this cluster needs: it has no GPU gres, and its jobs take seconds, not hours
+        "--set-resources", *[f"{rule}:gpu=0" for rule in GPU_RULES],
+        "--slurm-init-seconds-before-status-checks", "1",
+    ]
+    rule_resources = threads_and_memory(run([*slurm_run, "--dry-run"], cluster.env))
+
+    # the local reference runs beside the cluster run, whose jobs mostly wait for status polls
+    local_log = tmp_path / "local.log"
+    with open(local_log, "w") as log:
+        local_run = subprocess.Popen([*SNAKEMAKE, "--directory", str(local), "--cores", "2", "results/demo/auc.csv"],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out = run(slurm_run, cluster.env)
+    except BaseException:
+        os.killpg(local_run.pid, signal.SIGKILL)  # snakemake and its jobs
+        raise
+    finally:
+        local_run.wait()
+    assert "Provided remote nodes" in out  # the SLURM executor ran it, not the local one
+    assert local_run.returncode == 0, local_log.read_text()[-8000:]
+
+    expected = pd.read_csv(local / "results/demo/auc.csv")
+    table = pd.read_csv(on_slurm / "results/demo/auc.csv")
+    assert list(table["method"].unique()) == ["vop", "cls", "oracle"]
+    pd.testing.assert_frame_equal(table, expected)
+
+    jobs = cluster.jobs()
+    assert set(jobs["state"]) == {"COMPLETED"}, jobs
+    assert set(jobs["account"]) == {ACCOUNT} and set(jobs["partition"]) == {PARTITION}
+    rules = jobs["comment"].str.extract(r"^rule_([a-z_]+?)(?:_wildcards_.*)?$")[0]
+    per_rule = rules.value_counts().to_dict()
+    # one job per scene and stage (2 scenes), per method (3), the encoder once; the table is a local rule
+    assert per_rule == {"synthetic_scene": 2, "ground_truth": 2, "features": 2, "patch_labels": 1,
+                        "train_encoder": 1, "embeddings": 1, "retrieve": 3, "local_features": 1, "pose": 3}
+    # sbatch got each rule's threads and mem_mb
+    for rule, cpus, memory in zip(rules, jobs["cpus"], jobs["memory"]):
+        threads, mem_mb = rule_resources[rule]
+        assert (int(cpus), memory) == (threads, f"{mem_mb}M"), rule
+
+
+def threads_and_memory(dry_run_output: str) -> dict[str, tuple[int, int]]:
+    """threads and mem_mb of every rule as Snakemake resolves them, from a dry run's job listing."""
+    found = {}
+    for block in dry_run_output.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        threads = re.search(r"threads: (\d+)", block)
+        mem = re.search(r"mem_mb=(\d+)", block)
+        found[rule] = (int(threads.group(1)) if threads else 1, int(mem.group(1)))
+    return found
