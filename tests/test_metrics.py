@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -206,6 +207,10 @@ def test_summarize_all_pairs_protocol_counts_every_pair(tmp_path):
         ["y", "x", 80, 70, 1.0, 3.0, 2.0],
         ["y", "z", 0, 0, float("nan"), math.inf, math.inf],  # failed
     ])
+    # As the pose stage writes it: a failed pair's threshold is "nan", its errors "inf".
+    rows = Path(entry["pose_csv"]).read_text().replace(",,inf,inf", ",nan,inf,inf")
+    Path(entry["pose_csv"]).write_text(rows)
+    assert ",nan,inf,inf" in rows
     table = summarize([entry], tmp_path / "auc.csv").set_index("scene")
     assert table.loc["s", "auc@20"] == pytest.approx(pose_auc([1.0, 3.0])[2])
     assert table.loc["s", "auc@20_all"] == pytest.approx(pose_auc([1.0, 40.0, 3.0, math.inf])[2])

@@ -84,14 +84,6 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
-    write_config(workdir, TINY_CONFIG)
-    snakemake(workdir, "results/tiny/auc.csv")
-    return workdir
-
-
 def test_table_has_every_method_scene_and_all_row(tiny_run):
     table = pd.read_csv(tiny_run / "results/tiny/auc.csv")
     methods = ["vop", "vop_identity", "cls", "oracle", "random"]

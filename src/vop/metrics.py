@@ -61,12 +61,15 @@ def pose_auc(errors: Iterable[float], thresholds: Sequence[float] = AUC_THRESHOL
 def read_pose_csv(path: str | Path) -> pd.DataFrame:
     """pose.csv with names kept as strings (no 'NA' -> NaN) and inf errors as floats."""
     path = Path(path)
-    df = pd.read_csv(path, dtype={"query": str, "db": str}, keep_default_na=False)
+    # Names stay strings (an image called "NA" is legal); a failed pair's threshold is written "nan".
+    numeric = ["num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]
+    df = pd.read_csv(path, dtype={"query": str, "db": str}, keep_default_na=False,
+                     na_values={col: ["nan", "NaN", ""] for col in numeric})
     missing = [c for c in POSE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {POSE_COLUMNS}. "
                          "The file is not a pose.csv or is from an older version: rerun the pose rule")
-    for col in ["num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]:
+    for col in numeric:
         df[col] = pd.to_numeric(df[col], errors="raise").astype(np.float64)
     return df
 

@@ -162,3 +162,12 @@ def auc_inputs(wildcards):
         "pairs": [f"results/{ds}/{s}/{m}/pairs.txt" for m, s in runs],
         "gt": [f"results/{ds}/{s}/gt.h5" for m, s in runs],
     }
+
+
+def metrics_runs(dataset):
+    """The (method, scene) runs of a dataset's table and figures, with the k each method retrieved."""
+    return [
+        {"method": m, "scene": s, "k": METHODS[m]["k"]}
+        for m in DATASETS[dataset]["methods"]
+        for s in scenes(dataset)
+    ]
