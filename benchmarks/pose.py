@@ -1,11 +1,11 @@
 """Throughput of the pose stage: pairs per second with 1 and 2 workers, against a plain sequential loop.
 
 A synthetic scene (the demo's renderer) gives the images; every image is paired with the `--neighbours`
-images it overlaps most (what the oracle retrieves), estimated at every RANSAC threshold of the sweep. The sequential loop
-is the straightforward implementation: match and estimate pair after pair in this process, with OpenCV
-and BLAS at their default threading. Every variant must produce the same rows.
+images it overlaps most (what the oracle retrieves), estimated at every RANSAC threshold of the sweep.
+The sequential loop is the straightforward implementation: match and estimate pair after pair in this
+process, with OpenCV and BLAS at their default threading. Every variant must produce the same rows.
 
-    .venv/bin/python benchmarks/pose.py --images 24 --neighbours 10 --estimator opencv
+    PYTHONPATH=src .venv/bin/python benchmarks/pose.py --images 24 --neighbours 10 --repeats 3
 """
 
 from __future__ import annotations
