@@ -10,6 +10,9 @@ configfile: "config/config.yaml"
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
+
+report: "workflow/report/workflow.rst"
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
@@ -23,3 +26,8 @@ rule all:
     default_target: True
     input:
         expand("results/{dataset}/auc.csv", dataset=[d for d in DATASETS if DATASETS[d]["methods"]]),
+        expand(
+            "results/{dataset}/plots/{figure}",
+            dataset=[d for d in DATASETS if DATASETS[d]["methods"] and has_pose_ground_truth(d)],
+            figure=["pose_errors.png", "recall.png", "retrievals.png", "summary.html"],
+        ),

@@ -13,4 +13,5 @@ extract_local_features(
     resize_max=conf.get("resize_max", 1600),
     root_sift=conf.get("root_sift", True),
     num_workers=snakemake.threads,
+    extractor=conf.get("extractor", "opencv"),
 )

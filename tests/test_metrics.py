@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,41 @@ def test_retrieval_recall_hand_built():
     assert metrics.num_relevant(gt).tolist() == [2, 1, 1, 0]
 
 
+def test_recall_curve_and_average_precision_hand_built():
+    overlap = np.zeros((5, 5)) + np.eye(5)
+    overlap[0, [1, 3, 4]] = 0.5  # q = a: relevant b, d, e
+    gt = _gt("abcde", overlap)
+    pairs = [("a", "c"), ("a", "b"), ("a", "b"), ("a", "d")]  # miss, hit, repeat (ignored), hit
+    # recall@k over k = 1..4: 0/1, 1/2, 2/3, 2/3 (only three distinct results)
+    np.testing.assert_allclose(metrics.retrieval_recall_at_ks(pairs, gt, [1, 2, 3, 4]),
+                               [[0, 1 / 2, 2 / 3, 2 / 3]])
+    # AP@3: precision 1/2 at rank 2 and 2/3 at rank 3, over min(3, 3): (1/2 + 2/3) / 3
+    assert metrics.mean_average_precision(pairs, gt, k=3) == pytest.approx((0.5 + 2 / 3) / 3 * 100)
+    # AP@2 normalises by min(2, 3) = 2: (1/2) / 2
+    assert metrics.average_precision_per_query(pairs, gt, k=2).tolist() == pytest.approx([0.25])
+    perfect = [("a", "b"), ("a", "d"), ("a", "e")]
+    assert metrics.mean_average_precision(perfect, gt, k=3) == pytest.approx(100.0)
+    assert metrics.mean_average_precision(perfect[::-1], gt, k=2) == pytest.approx(100.0)
+
+
+def test_recall_and_ap_restricted_to_a_database_subset():
+    # Retrieve mode: queries a, b; database c, d, e. b is relevant to a but is not in the database.
+    overlap = np.eye(5)
+    overlap[0, [1, 2]] = 0.5
+    overlap[1, [3, 4]] = 0.5
+    gt = _gt("abcde", overlap)
+    pairs = [("a", "c"), ("a", "d"), ("b", "c"), ("b", "e")]
+    database = ["c", "d", "e"]
+    # a: relevant {c} in the database -> recall@2 = 1/1; over all images {b, c} -> 1/2.
+    # b: relevant {d, e}: hit e at rank 2 -> 1/2 either way.
+    assert metrics.retrieval_recall(pairs, gt, k=2, database=database) == pytest.approx(75.0)
+    assert metrics.retrieval_recall(pairs, gt, k=2) == pytest.approx(50.0)
+    aps = metrics.average_precision_per_query(pairs, gt, k=2, database=database)
+    np.testing.assert_allclose(aps, [1.0, 0.25])
+    with pytest.raises(ValueError, match="'zz'"):
+        metrics.retrieval_recall(pairs, gt, k=2, database=["c", "zz"])
+
+
 def test_retrieval_recall_unknown_name_names_it():
     gt = _gt("ab", [[1, 1], [1, 1]])
     with pytest.raises(ValueError, match="'zz'"):
@@ -156,8 +192,29 @@ def test_summarize_pools_all_queries(tmp_path):
     assert b["recall@k"] == pytest.approx(100.0)
     assert all_["recall@k"] == pytest.approx(80.0)
     assert (table["k"] == 1).all()
+    # All-pairs protocol: here every query has one pair, so it equals the best-pair AUC.
+    assert all_["auc@5_all"] == pytest.approx(all_["auc@5"]) and all_["auc@20_all"] == pytest.approx(52.0)
+    # k = 1: AP@1 equals recall@1.
+    assert all_["mAP@k"] == pytest.approx(80.0) and a["mAP@k"] == pytest.approx(200 / 3, abs=1e-3)
     numeric = table.drop(columns=["method", "scene"]).astype(float).to_numpy()
     assert np.isfinite(numeric).all()
+
+
+def test_summarize_all_pairs_protocol_counts_every_pair(tmp_path):
+    entry = _scene(tmp_path, "vop", "s", ["x", "y", "z"], None, [
+        ["x", "y", 100, 90, 1.0, 1.0, 1.0],  # best pair of x: error 1
+        ["x", "z", 50, 10, 1.0, 40.0, 40.0],  # a bad second pair
+        ["y", "x", 80, 70, 1.0, 3.0, 2.0],
+        ["y", "z", 0, 0, float("nan"), math.inf, math.inf],  # failed
+    ])
+    # As the pose stage writes it: a failed pair's threshold is "nan", its errors "inf".
+    rows = Path(entry["pose_csv"]).read_text().replace(",,inf,inf", ",nan,inf,inf")
+    Path(entry["pose_csv"]).write_text(rows)
+    assert ",nan,inf,inf" in rows
+    table = summarize([entry], tmp_path / "auc.csv").set_index("scene")
+    assert table.loc["s", "auc@20"] == pytest.approx(pose_auc([1.0, 3.0])[2])
+    assert table.loc["s", "auc@20_all"] == pytest.approx(pose_auc([1.0, 40.0, 3.0, math.inf])[2])
+    assert table.loc["s", "auc@20_all"] < table.loc["s", "auc@20"]
 
 
 def test_summarize_cli_and_no_overlap(tmp_path):
@@ -170,7 +227,7 @@ def test_summarize_cli_and_no_overlap(tmp_path):
     table = pd.read_csv(out, keep_default_na=False)
     assert table["scene"].tolist() == ["posed_only", "ALL"]
     # No overlap in the ground truth: recall is left empty, never a made-up number.
-    assert table["recall@k"].tolist() == ["", ""]
+    assert table["recall@k"].tolist() == ["", ""] and table["mAP@k"].tolist() == ["", ""]
     assert table["auc@20"].iloc[0] == pytest.approx(pose_auc([1.0, 2.0])[2])
 
 

@@ -9,8 +9,16 @@ import pytest
 
 from vop import pose
 from vop.io import GroundTruth, write_gt, write_pairs
-from vop.pose import (estimate_poses, estimate_relative_pose, extract_local_features, match_descriptors,
-                      relative_pose_error)
+from vop.pose import (
+    ESTIMATORS,
+    estimate_poses,
+    estimate_relative_pose,
+    estimate_relative_pose_sweep,
+    extract_local_features,
+    match_descriptors,
+    relative_pose_error,
+    sampson_error_px,
+)
 
 MARY_ROSE = Path(__file__).parents[2] / "shared" / "data" / "mary_rose"
 
@@ -79,6 +87,54 @@ def test_estimate_relative_pose_noiseless_different_intrinsics():
     assert R_err < 0.1 and t_err < 0.1
     # The recovered t is the direction of T_{0->1}, not its opposite (cheirality).
     assert np.dot(t, T_0to1[:3, 3]) > 0
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_estimators_agree_on_noiseless_correspondences(estimator):
+    x0, x1, K0, K1, T_0to1 = synthetic_correspondences(np.random.default_rng(5))
+    reference = estimate_relative_pose(x0, x1, K0, K1, estimator="opencv")
+    R, t, inliers = estimate_relative_pose(x0, x1, K0, K1, estimator=estimator)
+    assert inliers.all()
+    assert max(relative_pose_error(T_0to1, R, t)) < 0.1
+    # Against each other: the rotation between the two estimates and the angle between their t.
+    between = pose_matrix(reference[0], reference[1])
+    assert max(relative_pose_error(between, R, t)) < 0.1
+    assert np.dot(t, T_0to1[:3, 3]) > 0
+
+
+def test_sampson_error_is_half_the_vertical_offset_for_sideways_motion():
+    # Translation along x, no rotation: epipolar lines are rows; moving a point d px off its row in one
+    # image gives a Sampson distance d / sqrt(2) (the offset is shared by the two images).
+    K = np.array([[400.0, 0, 200], [0, 400, 150], [0, 0, 1]])
+    kpts0 = np.array([[10.0, 20.0], [100.0, 100.0], [300.0, 250.0]])
+    kpts1 = kpts0 + [[5, 0], [-30, 2], [12, -4]]
+    err = sampson_error_px(kpts0, kpts1, K, K, np.eye(3), np.array([1.0, 0, 0]))
+    np.testing.assert_allclose(err, np.array([0, 2, 4]) / np.sqrt(2), atol=1e-9)
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_threshold_sweep_keeps_the_candidate_with_most_inliers(estimator):
+    rng = np.random.default_rng(6)
+    x0, x1, K0, K1, T_0to1 = synthetic_correspondences(rng, n=300)
+    x1 = x1 + rng.normal(0, 0.5, x1.shape)
+    x1[:60] = rng.uniform([0, 0], [800, 600], (60, 2))
+    thresholds = [3.0, 0.5, 1.5, 2.0]
+    R, t, inliers, threshold = estimate_relative_pose_sweep(x0, x1, K0, K1, thresholds, estimator=estimator)
+    assert threshold in thresholds and max(relative_pose_error(T_0to1, R, t)) < 2.0
+    # The mask is the yardstick's (Sampson error below the smallest threshold) and no single threshold
+    # yields a model with more such inliers.
+    np.testing.assert_array_equal(inliers, sampson_error_px(x0, x1, K0, K1, R, t) <= 0.5)
+    for th in thresholds:
+        R_th, t_th, _ = estimate_relative_pose(x0, x1, K0, K1, threshold_px=th, estimator=estimator)
+        assert (sampson_error_px(x0, x1, K0, K1, R_th, t_th) <= 0.5).sum() <= inliers.sum()
+    assert inliers[:60].mean() < 0.1
+    assert estimate_relative_pose_sweep(x0[:4], x1[:4], K0, K1, thresholds, estimator=estimator) is None
+
+
+def test_unknown_estimator_is_named():
+    x0, x1, K0, K1, _ = synthetic_correspondences(np.random.default_rng(2))
+    with pytest.raises(ValueError, match="'magsac'.*opencv"):
+        estimate_relative_pose(x0, x1, K0, K1, estimator="magsac")
 
 
 def test_estimate_relative_pose_with_outliers():
@@ -194,6 +250,42 @@ def test_extract_rescales_keypoints_to_original_pixels(small_scene):
     assert (kpts >= -0.5).all() and (kpts[:, 0] < 320).all() and (kpts[:, 1] < 240).all()
 
 
+def blobs(centres, sigma, shape=(240, 320)):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    image = np.full(shape, 30.0)
+    for cx, cy in centres:
+        image += 200 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("extractor", ["opencv", "pycolmap"])
+def test_extract_keypoints_on_blob_centres(tmp_path, extractor):
+    # Keypoints in hloc's convention (the centre of the top-left pixel is (0, 0)) for both extractors:
+    # OpenCV's half-resolution offset and COLMAP's corner origin are corrected.
+    centres = [(100.0, 80.0), (200.3, 150.7), (60.5, 190.0)]
+    cv2.imwrite(str(tmp_path / "blobs.png"), blobs(centres, 4.0))
+    extract_local_features(tmp_path, ["blobs.png"], tmp_path / "f.h5", max_keypoints=50, resize_max=None,
+                           num_workers=1, extractor=extractor)
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        kpts = f["blobs.png"]["keypoints"][()]
+        desc = f["blobs.png"]["descriptors"][()].astype(np.float32)
+    for centre in centres:
+        assert np.linalg.norm(kpts - centre, axis=1).min() < 0.1
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=0), 1.0, atol=1e-2)  # unit RootSIFT columns
+    assert (desc >= 0).all()
+
+
+def test_extract_pycolmap_budget_and_unknown_extractor(small_scene):
+    root, images, names, _ = small_scene
+    extract_local_features(images, names, root / "colmap.h5", max_keypoints=100, num_workers=2,
+                           extractor="pycolmap")
+    with h5py.File(root / "colmap.h5", "r") as f:
+        assert 50 < len(f["sub/tex0.png"]["keypoints"]) <= 100
+        assert f["sub/tex0.png"]["descriptors"].shape[0] == 128 and len(f["grey.png"]["keypoints"]) == 0
+    with pytest.raises(ValueError, match="'orb'.*pycolmap"):
+        extract_local_features(images, names, root / "x.h5", extractor="orb")
+
+
 def test_extract_bad_images_name_the_file(small_scene, tmp_path):
     _, images, _, _ = small_scene
     with pytest.raises(FileNotFoundError, match="missing.png"):
@@ -219,6 +311,20 @@ def test_estimate_poses_textureless_pair_fails_without_dropping(small_scene):
     assert len(rows) == 3
 
 
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_estimate_poses_workers_give_the_rows_of_one_thread(small_scene, estimator):
+    root, images, names, gt = small_scene
+    extract_local_features(images, names, root / "local.h5", num_workers=1)
+    # Many pairs so that the pool gets several chunks; failing pairs among them keep their place.
+    pairs = [("sub/tex0.png", "tex1.png"), ("grey.png", "tex1.png"), ("tex1.png", "sub/tex0.png")] * 7
+    one = estimate_poses(pairs, gt, root / "local.h5", root / "one.csv", estimator=estimator, num_workers=1)
+    two = estimate_poses(pairs, gt, root / "local.h5", root / "two.csv", estimator=estimator, num_workers=2)
+    assert [tuple(r[:2]) for r in two] == pairs
+    assert pd.read_csv(root / "one.csv").equals(pd.read_csv(root / "two.csv"))
+    assert [r[3] for r in one[:3]] == [r[3] for r in one[3:6]]  # deterministic per pair
+    assert one[0][3] > 20 and one[1][3] == 0
+
+
 def test_estimate_poses_unknown_name_names_it_and_gt(small_scene):
     root, images, names, _ = small_scene
     extract_local_features(images, names, root / "local.h5", num_workers=1)
@@ -241,9 +347,12 @@ def test_cli_extract_and_estimate(small_scene):
                "--output", str(root / "cli.h5"), "--workers", "1"])
     write_pairs(root / "pairs.txt", [("sub/tex0.png", "tex1.png"), ("grey.png", "tex1.png")])
     pose.main(["estimate", "--pairs", str(root / "pairs.txt"), "--gt", str(root / "gt.h5"),
-               "--features", str(root / "cli.h5"), "--output", str(root / "pose.csv"), "--workers", "1"])
+               "--features", str(root / "cli.h5"), "--output", str(root / "pose.csv"), "--workers", "1",
+               "--estimator", "poselib", "--thresholds", "1.0", "2.5"])
     df = pd.read_csv(root / "pose.csv")
-    assert df["query"].tolist() == ["sub/tex0.png", "grey.png"] and df["threshold"].tolist() == [1.0, 1.0]
+    assert df["query"].tolist() == ["sub/tex0.png", "grey.png"]
+    assert df["threshold"].iloc[0] in (1.0, 2.5) and df["num_inliers"].iloc[0] > 20
+    assert math.isnan(df["threshold"].iloc[1]) and np.isinf(df["R_err_deg"].iloc[1])  # failed: no threshold
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ def workdir(path: Path) -> Path:
 
 
 def snakemake(directory: Path, *args: str) -> str:
-    proc = subprocess.run([*SNAKEMAKE, "--directory", str(directory), *args], capture_output=True, text=True, check=False)
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(directory), *args], capture_output=True, text=True,
+                          check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return out

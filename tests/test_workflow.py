@@ -84,14 +84,6 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
-    write_config(workdir, TINY_CONFIG)
-    snakemake(workdir, "results/tiny/auc.csv")
-    return workdir
-
-
 def test_table_has_every_method_scene_and_all_row(tiny_run):
     table = pd.read_csv(tiny_run / "results/tiny/auc.csv")
     methods = ["vop", "vop_identity", "cls", "oracle", "random"]
@@ -177,10 +169,15 @@ def test_retrieve_mode_ranks_queries_against_the_other_images(tiny_run):
     workdir = copy_run(tiny_run, "tiny_retrieve", config)
     out = snakemake(workdir, "-n", "results/tiny/auc.csv")
     assert job_counts(out) == {"retrieve": 10, "pose": 10, "auc_table": 1}  # features and encoders are reused
-    snakemake(workdir, "results/tiny/room_a/vop/pairs.txt", "results/tiny/room_a/oracle/pairs.txt")
+    snakemake(workdir, "results/tiny/auc.csv")
     for method in ("vop", "oracle"):
         pairs = io.read_pairs(workdir / f"results/tiny/room_a/{method}/pairs.txt")
         queries = sorted({q for q, _ in pairs})
         assert queries == [f"dslr_images_undistorted/IMG_000{i}.JPG" for i in range(3)]
         assert len(pairs) == 3 * 3 and not {d for _, d in pairs} & set(queries)
     assert reference.check_method_dir(workdir / "results/tiny/room_a/vop")[0]
+    # Relevance counts database images only: the oracle, which ranks the database by overlap, gets 100.
+    table = pd.read_csv(workdir / "results/tiny/auc.csv").set_index(["method", "scene"])
+    assert table.loc[("oracle", "ALL"), "recall@k"] == pytest.approx(100.0)
+    assert table.loc[("oracle", "ALL"), "mAP@k"] == pytest.approx(100.0)
+    assert (table.xs("ALL", level="scene")["num_queries"] == 6).all()  # 3 queries x 2 scenes

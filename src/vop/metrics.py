@@ -2,7 +2,12 @@
 
 Protocol (the VOP paper's): per query, of its retrieved pairs the one with the most RANSAC inliers counts,
 with error max(R_err, t_err); the AUC of the cumulative error curve at 5/10/20 degrees summarises a
-method. Retrieval recall@k compares the retrieved images with the ground-truth co-visibility overlap.
+method. The all-pairs protocol (`auc@5_all`...) counts every retrieved pair instead, so a method is also
+charged for the bad pairs it retrieves. Retrieval recall@k and mAP@k compare the retrieved images with
+the ground-truth co-visibility overlap: a database image is relevant to a query when overlap >= tau.
+
+Queries are the images that appear as queries in pairs.txt; the database is every other image of the
+ground truth, or the `database` subset given (retrieve mode: the images that are not queries).
 
     python -m vop.metrics summarize --entries entries.json --output results/megadepth/auc.csv
 """
@@ -13,8 +18,8 @@ import argparse
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +31,8 @@ logger = logging.getLogger(__name__)
 AUC_THRESHOLDS = (5, 10, 20)
 POSE_COLUMNS = ["query", "db", "num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]
 SUMMARY_COLUMNS = ["method", "scene", "num_queries", "auc@5", "auc@10", "auc@20",
-                   "mean_matches", "mean_inliers", "recall@k", "k"]
+                   "mean_matches", "mean_inliers", "recall@k", "k",
+                   "auc@5_all", "auc@10_all", "auc@20_all", "mAP@k"]
 ENTRY_KEYS = ("method", "scene", "pose_csv", "pairs_txt", "gt_h5", "k")
 
 
@@ -55,12 +61,15 @@ def pose_auc(errors: Iterable[float], thresholds: Sequence[float] = AUC_THRESHOL
 def read_pose_csv(path: str | Path) -> pd.DataFrame:
     """pose.csv with names kept as strings (no 'NA' -> NaN) and inf errors as floats."""
     path = Path(path)
-    df = pd.read_csv(path, dtype={"query": str, "db": str}, keep_default_na=False)
+    # Names stay strings (an image called "NA" is legal); a failed pair's threshold is written "nan".
+    numeric = ["num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]
+    df = pd.read_csv(path, dtype={"query": str, "db": str}, keep_default_na=False,
+                     na_values={col: ["nan", "NaN", ""] for col in numeric})
     missing = [c for c in POSE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {POSE_COLUMNS}. "
                          "The file is not a pose.csv or is from an older version: rerun the pose rule")
-    for col in ["num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]:
+    for col in numeric:
         df[col] = pd.to_numeric(df[col], errors="raise").astype(np.float64)
     return df
 
@@ -97,40 +106,111 @@ def num_relevant(gt: GroundTruth, tau: float = 0.1) -> np.ndarray:
     return relevant.sum(axis=1)
 
 
-def retrieval_recall_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int,
-                               tau: float = 0.1, gt_path: str | Path = "the ground truth") -> np.ndarray:
-    """|top-k retrieved ∩ relevant| / min(k, |relevant|) for each query with a relevant image.
-
-    Relevant: overlap[q, j] >= tau, j != q (over all images of the ground truth). Queries without a
-    relevant image are left out (no retrieval can score there), so the overlap oracle gets 1 everywhere.
-    """
+def _relevance(pairs: Sequence[tuple[str, str]], gt: GroundTruth, tau: float,
+               database: Sequence[str] | None, gt_path: str | Path) -> tuple[dict, np.ndarray, dict]:
+    """({query: retrieved dbs}, relevant (N,N) bool restricted to the database, name index)."""
     if gt.overlap is None:
         raise ValueError(f"{gt_path} has no overlap matrix, so retrieval recall is undefined for it")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     index = gt.index()
-    relevant = np.asarray(gt.overlap) >= tau
-    np.fill_diagonal(relevant, False)
-    recalls = []
-    for query, dbs in retrieved_per_query(pairs).items():
+    retrieved = retrieved_per_query(pairs)
+    for query, dbs in retrieved.items():
         for name in (query, *dbs):
             if name not in index:
                 raise ValueError(f"image {name!r} of the retrieved pairs is not in {gt_path}; "
                                  "the pairs file is from another scene or stale: rerun its retrieval rule")
+    relevant = np.asarray(gt.overlap) >= tau
+    np.fill_diagonal(relevant, False)
+    if database is not None:
+        unknown = [n for n in database if n not in index]
+        if unknown:
+            raise ValueError(f"database image(s) {unknown[:3]} are not in {gt_path}")
+        in_database = np.zeros(len(gt.names), bool)
+        in_database[[index[n] for n in database]] = True
+        relevant &= in_database[None, :]
+    return retrieved, relevant, index
+
+
+def _hits(dbs: Sequence[str], relevant_row: np.ndarray, index: dict[str, int]) -> np.ndarray:
+    top = list(dict.fromkeys(dbs))  # a repeated db must not count twice
+    return relevant_row[[index[d] for d in top]] if top else np.zeros(0, bool)
+
+
+def retrieval_recall_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int,
+                               tau: float = 0.1, gt_path: str | Path = "the ground truth",
+                               database: Sequence[str] | None = None) -> np.ndarray:
+    """|top-k retrieved ∩ relevant| / min(k, |relevant|) for each query with a relevant image.
+
+    Relevant: overlap[q, j] >= tau, j != q, j in `database` (default: every image of the ground truth).
+    Queries without a relevant image are left out (no retrieval can score there), so the overlap oracle
+    gets 1 everywhere.
+    """
+    return retrieval_recall_at_ks(pairs, gt, [k], tau, gt_path, database)[:, 0]
+
+
+def retrieval_recall_at_ks(pairs: Sequence[tuple[str, str]], gt: GroundTruth, ks: Sequence[int],
+                           tau: float = 0.1, gt_path: str | Path = "the ground truth",
+                           database: Sequence[str] | None = None) -> np.ndarray:
+    """(Q, len(ks)) recall@k of each query with a relevant image, for every k of `ks` (the recall curve)."""
+    if min(ks, default=0) < 1:
+        raise ValueError(f"k must be >= 1, got {list(ks)}")
+    retrieved, relevant, index = _relevance(pairs, gt, tau, database, gt_path)
+    rows = []
+    for query, dbs in retrieved.items():
         q = index[query]
         n_rel = int(relevant[q].sum())
         if n_rel == 0:
             continue
-        top = list(dict.fromkeys(dbs))[:k]  # a repeated db must not count twice
-        hits = int(relevant[q, [index[d] for d in top]].sum()) if top else 0
-        recalls.append(hits / min(k, n_rel))
-    return np.asarray(recalls, np.float64)
+        cumulative = np.cumsum(_hits(dbs, relevant[q], index))
+        rows.append([(cumulative[min(k, len(cumulative)) - 1] if len(cumulative) else 0) / min(k, n_rel)
+                     for k in ks])
+    return np.asarray(rows, np.float64).reshape(-1, len(ks))
 
 
-def retrieval_recall(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = 0.1) -> float:
+def average_precision_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int,
+                                tau: float = 0.1, gt_path: str | Path = "the ground truth",
+                                database: Sequence[str] | None = None) -> np.ndarray:
+    """AP@k of each query with a relevant image: sum over ranks r <= k of precision@r at the relevant
+    ranks, divided by min(k, |relevant|) (1 only when the first min(k, |relevant|) results are relevant)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    retrieved, relevant, index = _relevance(pairs, gt, tau, database, gt_path)
+    aps = []
+    for query, dbs in retrieved.items():
+        q = index[query]
+        n_rel = int(relevant[q].sum())
+        if n_rel == 0:
+            continue
+        hits = _hits(dbs, relevant[q], index)[:k]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(float((precision * hits).sum()) / min(k, n_rel))
+    return np.asarray(aps, np.float64)
+
+
+def retrieval_recall(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = 0.1,
+                     database: Sequence[str] | None = None) -> float:
     """Mean recall@k in percent over queries with at least one relevant image (0 when there are none)."""
-    per_query = retrieval_recall_per_query(pairs, gt, k, tau)
+    per_query = retrieval_recall_per_query(pairs, gt, k, tau, database=database)
     return float(per_query.mean() * 100.0) if per_query.size else 0.0
+
+
+def mean_average_precision(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = 0.1,
+                           database: Sequence[str] | None = None) -> float:
+    """mAP@k in percent over queries with at least one relevant image (0 when there are none)."""
+    per_query = average_precision_per_query(pairs, gt, k, tau, database=database)
+    return float(per_query.mean() * 100.0) if per_query.size else 0.0
+
+
+def run_database(entry: dict, gt: GroundTruth) -> list[str] | None:
+    """The images a run retrieved from: `database` if given; in retrieve mode (`mode`, `queries` glob as in
+    the dataset's config) the images that are not queries; None (every image) in register mode."""
+    if entry.get("database") is not None:
+        return list(entry["database"])
+    if entry.get("mode", "register") != "retrieve":
+        return None
+    from vop.retrieval import split_queries
+
+    _, database = split_queries(gt.names, "retrieve", entry["queries"], str(entry.get("scene", "")))
+    return [gt.names[i] for i in database]
 
 
 def _scene_stats(entry: dict, tau: float) -> dict:
@@ -141,12 +221,16 @@ def _scene_stats(entry: dict, tau: float) -> dict:
     pose_df = read_pose_csv(entry["pose_csv"])
     best = best_pair_errors(pose_df)
     gt = read_gt(entry["gt_h5"])
-    recalls = None
+    recalls = aps = None
     if gt.overlap is not None:
         pairs = read_pairs(entry["pairs_txt"])
-        recalls = retrieval_recall_per_query(pairs, gt, int(entry["k"]), tau, gt_path=entry["gt_h5"])
+        database = run_database(entry, gt)
+        recalls = retrieval_recall_per_query(pairs, gt, int(entry["k"]), tau, entry["gt_h5"], database)
+        aps = average_precision_per_query(pairs, gt, int(entry["k"]), tau, entry["gt_h5"], database)
     return {
         "errors": best["error"].to_numpy(np.float64),
+        "pair_errors": np.maximum(pose_df["R_err_deg"].to_numpy(np.float64), pose_df["t_err_deg"].to_numpy(np.float64)),
+        "aps": aps,
         "matches": pose_df["num_matches"].to_numpy(np.float64),
         "inliers": pose_df["num_inliers"].to_numpy(np.float64),
         "recalls": recalls,
@@ -160,6 +244,7 @@ def _row(method: str, scene: str, stats: Sequence[dict]) -> list:
     inliers = np.concatenate([s["inliers"] for s in stats])
     with_overlap = [s["recalls"] for s in stats if s["recalls"] is not None]
     recalls = np.concatenate(with_overlap) if with_overlap else np.zeros(0)
+    aps = np.concatenate([s["aps"] for s in stats if s["aps"] is not None]) if with_overlap else np.zeros(0)
     ks = sorted({s["k"] for s in stats})
     if len(ks) > 1:
         raise ValueError(f"method {method!r}: scenes were retrieved with different k {ks}; "
@@ -172,15 +257,19 @@ def _row(method: str, scene: str, stats: Sequence[dict]) -> list:
     # Without overlap ground truth (e.g. posed images but no 3D points) recall is undefined: the cell
     # stays empty rather than showing a number that was never measured.
     recall = round(mean(recalls) * 100.0, 4) if with_overlap and recalls.size else ""
+    mean_ap = round(mean(aps) * 100.0, 4) if with_overlap and aps.size else ""
+    aucs_all = pose_auc(np.concatenate([s["pair_errors"] for s in stats]))
     return [method, scene, len(errors), *(round(a, 4) for a in aucs),
-            round(mean(matches), 4), round(mean(inliers), 4), recall, ks[0]]
+            round(mean(matches), 4), round(mean(inliers), 4), recall, ks[0],
+            *(round(a, 4) for a in aucs_all), mean_ap]
 
 
 def summarize(entries: Sequence[dict], out_csv: str | Path, tau: float = 0.1) -> pd.DataFrame:
     """Write auc.csv: one row per (method, scene), then the method's ALL row (all queries pooled).
 
-    entries: dicts {method, scene, pose_csv, pairs_txt, gt_h5, k}. Methods keep the order given,
-    scenes are sorted within a method.
+    entries: dicts {method, scene, pose_csv, pairs_txt, gt_h5, k} and optionally `database`, the image
+    names retrieval searched (default: all images of the scene). Methods keep the order given, scenes are
+    sorted within a method.
     """
     by_method: dict[str, dict[str, dict]] = defaultdict(dict)
     for entry in entries:

@@ -1,7 +1,14 @@
 """Relative pose of retrieved pairs: SIFT features, mutual-NN matching, essential matrix, pose errors.
 
 The pose stage proves a retrieval: for every retrieved (query, db) pair it matches local features,
-estimates the relative pose with MAGSAC++ and scores it against the ground truth (DESIGN.md, `pose.csv`).
+estimates the relative pose and scores it against the ground truth (DESIGN.md, `pose.csv`).
+
+Features: OpenCV SIFT or COLMAP's SIFT (pycolmap), RootSIFT optional, a keypoint budget and a resize.
+Estimators: OpenCV's USAC_MAGSAC, poselib and pycolmap (both LO-RANSAC with refinement). Every pair is
+estimated at each RANSAC threshold of a sweep (the VOP paper's {0.5, 1.5, 2, 3} px) and the estimate with
+the most inliers is kept; inliers are counted for every candidate with one yardstick (the Sampson error
+against the smallest threshold of the sweep), so a loose threshold cannot win by its looseness alone.
+Pairs run in a pool of single-threaded worker processes, one per thread of the job.
 
 Local features are extracted once per image into an h5 laid out like hloc's local features, so hloc's
 tools can read it: per image `keypoints` (N,2), `descriptors` (128,N), `scores` (N,), `image_size` [w,h].
@@ -9,23 +16,35 @@ Keypoints follow hloc's convention (the centre of the top-left pixel is (0,0)); 
 COLMAP's (its corner is (0,0)), so `estimate_poses` shifts keypoints by half a pixel before normalising.
 
     python -m vop.pose extract --image_dir IMAGES --gt gt.h5 --output local-sift.h5
-    python -m vop.pose estimate --pairs pairs.txt --gt gt.h5 --features local-sift.h5 --output pose.csv
+    python -m vop.pose estimate --pairs pairs.txt --gt gt.h5 --features local-sift.h5 --output pose.csv \
+        --estimator poselib --thresholds 0.5 1.5 2 3 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import multiprocessing as mp
+import warnings
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import cv2
 import h5py
 import numpy as np
+import threadpoolctl
 
-from vop.io import GroundTruth, read_gt, read_names, read_pairs, write_csv, write_image_groups
+from vop.io import (
+    GroundTruth,
+    read_gt,
+    read_names,
+    read_pairs,
+    write_csv,
+    write_image_groups,
+)
 from vop.utils import l2_normalize
 from vop.utils import root_sift as to_root_sift
 
@@ -53,63 +72,112 @@ def _read_gray(path: Path) -> np.ndarray:
     return image
 
 
-def _sift_one(path: Path, sift: cv2.SIFT, max_keypoints: int, resize_max: int | None,
-              root_sift: bool) -> dict[str, np.ndarray]:
-    image = _read_gray(path)
+def _resize(image: np.ndarray, resize_max: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The image downscaled so that its longer side is at most resize_max, and the (x, y) scale back."""
     h, w = image.shape[:2]
-    scale_xy = np.ones(2)
-    if resize_max and max(w, h) > resize_max:
-        s = resize_max / max(w, h)
-        new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        scale_xy = np.array([w / new_w, h / new_h])
+    if not resize_max or max(w, h) <= resize_max:
+        return image, np.ones(2)
+    s = resize_max / max(w, h)
+    new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return resized, np.array([w / new_w, h / new_h])
 
-    cv_kpts, desc = sift.detectAndCompute(image, None)
-    if desc is None or len(cv_kpts) == 0:
-        # A textureless image is legal: its pairs are recorded as failed later.
-        kpts = np.zeros((0, 2), np.float32)
-        desc = np.zeros((0, 128), np.float32)
-        scores = np.zeros((0,), np.float32)
-    else:
-        kpts = np.array([k.pt for k in cv_kpts], np.float64)
-        scores = np.array([k.response for k in cv_kpts], np.float32)
-        # OpenCV returns duplicates for multiple orientations; keep the strongest max_keypoints overall.
-        order = np.argsort(-scores, kind="stable")[:max_keypoints]
-        kpts, desc, scores = kpts[order], desc[order].astype(np.float32), scores[order]
-        # Back to original pixels; pixel centres map onto pixel centres.
-        kpts = ((kpts + 0.5) * scale_xy - 0.5).astype(np.float32)
-        desc = l2_normalize(to_root_sift(desc) if root_sift else desc)
+
+def _no_features(w: int, h: int) -> dict[str, np.ndarray]:
+    # A textureless image is legal: its pairs are recorded as failed later.
+    return {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((128, 0), np.float16),
+            "scores": np.zeros((0,), np.float32), "image_size": np.array([w, h], np.int64)}
+
+
+def _pack(kpts: np.ndarray, desc: np.ndarray, scores: np.ndarray, scale_xy: np.ndarray,
+          w: int, h: int) -> dict[str, np.ndarray]:
+    # Back to original pixels; pixel centres map onto pixel centres.
+    kpts = ((kpts + 0.5) * scale_xy - 0.5).astype(np.float32)
     return {
         "keypoints": kpts,
         "descriptors": np.ascontiguousarray(desc.T).astype(np.float16),  # hloc stores D x N
-        "scores": scores,
+        "scores": scores.astype(np.float32),
         "image_size": np.array([w, h], np.int64),
     }
 
 
+def _sift_opencv(image: np.ndarray, max_keypoints: int, root_sift: bool):
+    # nfeatures=0 keeps all candidates so that the cut below sees every orientation duplicate.
+    cv_kpts, desc = cv2.SIFT_create(nfeatures=0).detectAndCompute(image, None)
+    if desc is None or len(cv_kpts) == 0:
+        return None
+    # OpenCV detects on the image upsampled x2 and halves the coordinates without the half-pixel
+    # correction, so its keypoints sit 0.25 px right of and below the pixel-centre convention (measured
+    # on Gaussian blobs: +0.23..+0.28 px at every scale; pycolmap's SIFT is exact there).
+    kpts = np.array([k.pt for k in cv_kpts], np.float64) - 0.25
+    scores = np.array([k.response for k in cv_kpts], np.float32)
+    # OpenCV returns duplicates for multiple orientations; keep the strongest max_keypoints overall.
+    order = np.argsort(-scores, kind="stable")[:max_keypoints]
+    kpts, desc, scores = kpts[order], desc[order].astype(np.float32), scores[order]
+    return kpts, l2_normalize(to_root_sift(desc) if root_sift else desc), scores
+
+
+def _sift_colmap(image: np.ndarray, max_keypoints: int, root_sift: bool):
+    import pycolmap
+
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = 1  # the images are spread over threads already
+    options.sift.max_num_features = max_keypoints
+    options.sift.normalization = (pycolmap.Normalization.L1_ROOT if root_sift else pycolmap.Normalization.L2)
+    with warnings.catch_warnings():
+        # pycolmap 4 deprecates Sift for FeatureExtractor, whose keypoints come back as Python objects.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        sift = pycolmap.Sift(options, device=pycolmap.Device.cpu)
+    kpts, desc = sift.extract(np.ascontiguousarray(image, dtype=np.float32) / 255.0)
+    if len(kpts) == 0:
+        return None
+    # COLMAP applies the budget before adding extra orientations: cut again, keeping the largest scales
+    # as COLMAP does, so the budget holds for both extractors.
+    order = np.argsort(-kpts[:, 2], kind="stable")[:max_keypoints]
+    kpts, desc = kpts[order], desc[order]
+    # COLMAP puts the corner of the top-left pixel at (0, 0); hloc (and this file) its centre.
+    return kpts[:, :2].astype(np.float64) - 0.5, l2_normalize(desc), kpts[:, 2]
+
+
+SIFT_BACKENDS = {"opencv": _sift_opencv, "pycolmap": _sift_colmap}
+
+
+def _sift_one(path: Path, max_keypoints: int, resize_max: int | None, root_sift: bool,
+              backend: str = "opencv") -> dict[str, np.ndarray]:
+    image = _read_gray(path)
+    h, w = image.shape[:2]
+    image, scale_xy = _resize(image, resize_max)
+    found = SIFT_BACKENDS[backend](image, max_keypoints, root_sift)
+    if found is None:
+        return _no_features(w, h)
+    return _pack(*found, scale_xy, w, h)
+
+
 def extract_local_features(image_dir: str | Path, names: Sequence[str], out_h5: str | Path,
                            max_keypoints: int = 4096, resize_max: int | None = 1600,
-                           root_sift: bool = True, num_workers: int = 2) -> Path:
-    """SIFT on every image of `names` (paths relative to `image_dir`), written to `out_h5` atomically."""
+                           root_sift: bool = True, num_workers: int = 2, extractor: str = "opencv") -> Path:
+    """SIFT on every image of `names` (paths relative to `image_dir`), written to `out_h5` atomically.
+
+    extractor: "opencv" (cv2.SIFT) or "pycolmap" (COLMAP's SIFT); both give RootSIFT when root_sift.
+    """
     image_dir, out_h5 = Path(image_dir), Path(out_h5)
+    if extractor not in SIFT_BACKENDS:
+        raise ValueError(f"unknown extractor {extractor!r}; choose one of {sorted(SIFT_BACKENDS)}")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: image directory not found")
     if len(set(names)) != len(names):
         raise ValueError("extract_local_features: duplicate image names given")
 
     def run(name: str) -> dict[str, np.ndarray]:
-        # One detector per image: cheap, and no state shared between threads. nfeatures=0 keeps all
-        # candidates so that the cut in _sift_one sees every orientation duplicate.
-        sift = cv2.SIFT_create(nfeatures=0)
-        return _sift_one(image_dir / name, sift, max_keypoints, resize_max, root_sift)
+        return _sift_one(image_dir / name, max_keypoints, resize_max, root_sift, extractor)
 
     if num_workers > 1 and len(names) > 1:
-        with ThreadPoolExecutor(num_workers) as pool:  # OpenCV releases the GIL
+        with ThreadPoolExecutor(num_workers) as pool:  # OpenCV and COLMAP release the GIL
             features = list(pool.map(run, names))
     else:
         features = [run(n) for n in names]
     write_image_groups(out_h5, dict(zip(names, features)))
-    logger.info("Extracted SIFT for %d images into %s", len(names), out_h5)
+    logger.info("Extracted %s SIFT for %d images into %s", extractor, len(names), out_h5)
     return out_h5
 
 
@@ -172,26 +240,9 @@ def _normalize(kpts: np.ndarray, K: np.ndarray) -> np.ndarray:
     return (kpts - K[[0, 1], [2, 2]]) / K[[0, 1], [0, 1]]
 
 
-def estimate_relative_pose(kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray, K1: np.ndarray,
-                           threshold_px: float = 1.0, confidence: float = 0.99999,
-                           max_iters: int = 10000):
-    """Relative pose T_{0->1} from matched keypoints (M,2) of two calibrated images.
-
-    Returns (R (3,3), t (3,) unit, inlier_mask (M,) bool) or None when fewer than 5 matches or no valid
-    model. Coordinates are normalised by each image's own K, so the two cameras may differ; the pixel
-    threshold is converted with the mean focal length.
-    """
-    kpts0 = np.asarray(kpts0, np.float64).reshape(-1, 2)
-    kpts1 = np.asarray(kpts1, np.float64).reshape(-1, 2)
-    if len(kpts0) != len(kpts1):
-        raise ValueError(f"estimate_relative_pose: {len(kpts0)} vs {len(kpts1)} keypoints; pass matches")
-    if len(kpts0) < 5:
-        return None
-    K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
-    pts0, pts1 = _normalize(kpts0, K0), _normalize(kpts1, K1)
-    mean_focal = np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
-    threshold = threshold_px / mean_focal
-
+def _opencv_pose(pts0, pts1, threshold, confidence, max_iters, seed):
+    """USAC_MAGSAC on normalised coordinates; `threshold` in normalised units."""
+    del seed  # USAC seeds itself with a fixed state
     try:
         E, mask = cv2.findEssentialMat(pts0, pts1, np.eye(3), method=cv2.USAC_MAGSAC,
                                        prob=confidence, threshold=threshold, maxIters=max_iters)
@@ -203,17 +254,138 @@ def estimate_relative_pose(kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray,
     mask = mask.ravel().astype(bool)
     if mask.sum() < 5:
         return None
-
     # Some solvers return several candidates stacked (3k,3): keep the most cheirality-consistent one.
     best = None
     for E_candidate in np.split(E, E.shape[0] // 3):
-        n, R, t, _ = cv2.recoverPose(E_candidate, pts0, pts1, np.eye(3), mask=mask.astype(np.uint8).copy())
+        # The default overload drops points triangulated beyond 50 baselines: with a small baseline
+        # (a 7 px shift at f = 300) that is every point and the pair failed. Count them all.
+        n, R, t, _, _ = cv2.recoverPose(E_candidate, pts0, pts1, np.eye(3), distanceThresh=1e9,
+                                        mask=mask.astype(np.uint8).copy())
         if best is None or n > best[0]:
             best = (n, R, t.ravel())
     n, R, t = best
-    if n == 0 or not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+    return (R, t, mask) if n > 0 else None
+
+
+def _poselib_pose(pts0, pts1, threshold, confidence, max_iters, seed):
+    import poselib
+
+    # Identity cameras: the points are normalised already, so the threshold is in normalised units.
+    camera = {"model": "PINHOLE", "width": 0, "height": 0, "params": [1.0, 1.0, 0.0, 0.0]}
+    ransac = {"max_epipolar_error": threshold, "success_prob": confidence, "max_iterations": max_iters,
+              "min_iterations": min(100, max_iters), "seed": seed}
+    pose, info = poselib.estimate_relative_pose(pts0, pts1, camera, camera, ransac, {})
+    mask = np.asarray(info.get("inliers", []), bool)
+    if mask.shape != (len(pts0),):
         return None
-    return R, t / np.linalg.norm(t), mask
+    return np.asarray(pose.R), np.asarray(pose.t), mask
+
+
+def _pycolmap_pose(pts0, pts1, threshold, confidence, max_iters, seed):
+    import pycolmap
+
+    options = pycolmap.RANSACOptions()
+    options.max_error = threshold
+    options.confidence = confidence
+    options.max_num_trials = max_iters
+    options.min_num_trials = min(100, max_iters)
+    options.random_seed = seed
+    # Identity cameras: the points are normalised already, so the error is in normalised units. (The
+    # camera-ray overload measures another error and keeps 0.3 degree off on noiseless points.)
+    camera = pycolmap.Camera(model="PINHOLE", width=1, height=1, params=[1.0, 1.0, 0.0, 0.0])
+    result = pycolmap.estimate_relative_pose(camera, pts0, camera, pts1, options)
+    if result is None:
+        return None
+    rigid = result["cam2_from_cam1"]
+    return rigid.rotation.matrix(), np.asarray(rigid.translation), np.asarray(result["inlier_mask"], bool)
+
+
+ESTIMATORS = {"opencv": _opencv_pose, "poselib": _poselib_pose, "pycolmap": _pycolmap_pose}
+DEFAULT_THRESHOLDS_PX = (0.5, 1.5, 2.0, 3.0)
+
+
+def _check_estimator(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)} "
+                         "(config: pose.estimator)")
+
+
+def _mean_focal(K0: np.ndarray, K1: np.ndarray) -> float:
+    return float(np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]]))
+
+
+def estimate_relative_pose(kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray, K1: np.ndarray,
+                           threshold_px: float = 1.0, confidence: float = 0.99999,
+                           max_iters: int = 10000, estimator: str = "opencv", seed: int = 0):
+    """Relative pose T_{0->1} from matched keypoints (M,2) of two calibrated images.
+
+    Returns (R (3,3), t (3,) unit, inlier_mask (M,) bool) or None when fewer than 5 matches or no valid
+    model. Coordinates are normalised by each image's own K, so the two cameras may differ; the pixel
+    threshold is converted with the mean focal length, the same way for every estimator.
+    """
+    _check_estimator(estimator)
+    kpts0 = np.asarray(kpts0, np.float64).reshape(-1, 2)
+    kpts1 = np.asarray(kpts1, np.float64).reshape(-1, 2)
+    if len(kpts0) != len(kpts1):
+        raise ValueError(f"estimate_relative_pose: {len(kpts0)} vs {len(kpts1)} keypoints; pass matches")
+    if len(kpts0) < 5:
+        return None
+    K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
+    pts0, pts1 = _normalize(kpts0, K0), _normalize(kpts1, K1)
+    threshold = threshold_px / _mean_focal(K0, K1)
+    try:
+        result = ESTIMATORS[estimator](pts0, pts1, threshold, confidence, max_iters, seed)
+    except (RuntimeError, ValueError) as err:  # a degenerate sample set is a failed pair, not a crash
+        logger.debug("%s failed: %s", estimator, err)
+        return None
+    if result is None:
+        return None
+    R, t, mask = result
+    R, t = np.asarray(R, np.float64), np.asarray(t, np.float64).ravel()
+    norm = np.linalg.norm(t)
+    if mask.sum() < 5 or norm == 0 or not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+        return None
+    return R, t / norm, mask
+
+
+def sampson_error_px(kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray, K1: np.ndarray,
+                     R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(M,) Sampson distance of each match to the epipolar geometry of (R, t), in pixels (mean focal)."""
+    K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
+    x0 = np.c_[_normalize(np.asarray(kpts0, np.float64), K0), np.ones(len(kpts0))]
+    x1 = np.c_[_normalize(np.asarray(kpts1, np.float64), K1), np.ones(len(kpts1))]
+    t = np.asarray(t, np.float64).ravel()
+    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ np.asarray(R, np.float64)
+    Ex0 = x0 @ E.T  # epipolar lines in image 1
+    Etx1 = x1 @ E  # epipolar lines in image 0
+    num = np.einsum("ij,ij->i", x1, Ex0)
+    den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
+    return np.abs(num) / np.sqrt(np.maximum(den, 1e-300)) * _mean_focal(K0, K1)
+
+
+def estimate_relative_pose_sweep(kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray, K1: np.ndarray,
+                                 thresholds_px: Sequence[float] = DEFAULT_THRESHOLDS_PX,
+                                 estimator: str = "opencv", **kwargs):
+    """The best of one estimation per RANSAC threshold: (R, t, inlier_mask, threshold_px) or None.
+
+    Every candidate's inliers are counted with one yardstick, the Sampson error below the smallest
+    threshold of the sweep; the candidate with the most wins, ties to the smaller threshold. The
+    returned mask is that yardstick's inlier set, so inlier counts compare across pairs.
+    """
+    thresholds = sorted(float(t) for t in thresholds_px)
+    if not thresholds or thresholds[0] <= 0:
+        raise ValueError(f"thresholds_px must be positive pixel values, got {list(thresholds_px)}")
+    best = None
+    for threshold in thresholds:
+        result = estimate_relative_pose(kpts0, kpts1, K0, K1, threshold_px=threshold, estimator=estimator,
+                                        **kwargs)
+        if result is None:
+            continue
+        R, t, _ = result
+        mask = sampson_error_px(kpts0, kpts1, K0, K1, R, t) <= thresholds[0]
+        if best is None or mask.sum() > best[2].sum():
+            best = (R, t, mask, threshold)
+    return best
 
 
 def _angle_deg(cos: float) -> float:
@@ -272,17 +444,79 @@ def _check_image_sizes(features: dict, gt: GroundTruth, index: dict[str, int],
                 f"{gt_size.tolist()}; extract the local features from the images the ground truth describes")
 
 
+# What the pose workers read. Set in the parent before the pool forks, so the features reach the workers
+# by copy-on-write instead of being pickled to each of them.
+_TASK: dict = {}
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """OpenCV and BLAS on one thread here, and in the workers forked meanwhile: parallelism comes from
+    the pairs. Set before the fork, never in a worker: cv2.setNumThreads in a forked child waits for
+    the parent's OpenCV threads, which do not exist there (it hung the test process)."""
+    previous = cv2.getNumThreads()
+    with threadpoolctl.threadpool_limits(1):
+        cv2.setNumThreads(1)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(previous)
+
+
+def _pose_of_pair(query: str, db: str) -> list:
+    task = _TASK
+    f0, f1 = task["features"][query], task["features"][db]
+    gt, index = task["gt"], task["index"]
+    matches = match_descriptors(f0["descriptors"], f1["descriptors"], ratio=task["ratio"])
+    i, j = index[query], index[db]
+    # hloc keypoints -> COLMAP pixel convention of K.
+    kpts0 = f0["keypoints"][matches[:, 0]] + 0.5
+    kpts1 = f1["keypoints"][matches[:, 1]] + 0.5
+    result = estimate_relative_pose_sweep(kpts0, kpts1, gt.K[i], gt.K[j], task["thresholds_px"],
+                                          estimator=task["estimator"])
+    if result is None:
+        # A failed pair still gets its row: no query is ever dropped.
+        return [query, db, len(matches), 0, math.nan, math.inf, math.inf]
+    R, t, inliers, threshold = result
+    R_err, t_err = relative_pose_error(gt.relative_pose(i, j), R, t)
+    return [query, db, len(matches), int(inliers.sum()), threshold, R_err, t_err]
+
+
+def _pose_of_chunk(chunk: Sequence[tuple[str, str]]) -> list[list]:
+    return [_pose_of_pair(q, d) for q, d in chunk]
+
+
+def _run_pairs(pairs: Sequence[tuple[str, str]], num_workers: int) -> list[list]:
+    """Rows of every pair, in order: here, or in a pool of single-threaded worker processes."""
+    with _one_thread():
+        if num_workers <= 1 or len(pairs) < 2:
+            return _pose_of_chunk(pairs)
+        num_workers = min(num_workers, len(pairs))
+        # Small chunks keep the workers busy to the end (pairs differ in cost), few enough to cost nothing.
+        size = max(1, math.ceil(len(pairs) / (num_workers * 8)))
+        chunks = [pairs[k:k + size] for k in range(0, len(pairs), size)]
+        # Forked workers share the features read here by copy-on-write: no pickling, no re-import (a
+        # spawned worker would spend seconds importing torch through vop.utils).
+        with mp.get_context("fork").Pool(num_workers) as pool:
+            return [row for rows in pool.imap(_pose_of_chunk, chunks) for row in rows]
+
+
 def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Path,
-                   local_features_h5: str | Path, out_csv: str | Path, threshold_px: float = 1.0,
-                   ratio: float = 0.8, num_workers: int = 2,
+                   local_features_h5: str | Path, out_csv: str | Path,
+                   thresholds_px: float | Sequence[float] = DEFAULT_THRESHOLDS_PX, ratio: float = 0.8,
+                   estimator: str = "opencv", num_workers: int = 2,
                    gt_path: str | Path | None = None) -> list[list]:
     """Match, estimate and score every (query, db) pair, in order; write `pose.csv` atomically.
 
     `gt` is a GroundTruth or the path of a gt.h5 (`gt_path` only names the file in error messages).
-    The ground truth is T_{query->db} = gt.relative_pose(i_query, i_db). Every pair gets a row: a pair
-    whose estimation failed (too few matches, e.g. a textureless image) has 0 inliers and inf errors.
-    Returns the rows.
+    The ground truth is T_{query->db} = gt.relative_pose(i_query, i_db). Each pair is estimated at every
+    threshold of `thresholds_px` (one number: no sweep) and the `threshold` column records the one kept.
+    Every pair gets a row: a pair whose estimation failed (too few matches, e.g. a textureless image,
+    or a degenerate configuration) has 0 inliers, no threshold and inf errors. Returns the rows.
+    `num_workers` processes share the pairs, each single-threaded; 1 runs them here on one thread.
     """
+    _check_estimator(estimator)
+    thresholds = [float(thresholds_px)] if np.isscalar(thresholds_px) else [float(t) for t in thresholds_px]
     if not isinstance(gt, GroundTruth):
         gt_path, gt = gt, read_gt(gt)
     gt_path = gt_path or "the ground truth (gt.h5)"
@@ -293,31 +527,16 @@ def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Pat
     features = read_local_features(local_features_h5, names)
     _check_image_sizes(features, gt, index, local_features_h5, gt_path)
 
-    def run(pair: tuple[str, str]) -> list:
-        query, db = pair
-        f0, f1 = features[query], features[db]
-        matches = match_descriptors(f0["descriptors"], f1["descriptors"], ratio=ratio)
-        i, j = index[query], index[db]
-        # hloc keypoints -> COLMAP pixel convention of K.
-        kpts0 = f0["keypoints"][matches[:, 0]] + 0.5
-        kpts1 = f1["keypoints"][matches[:, 1]] + 0.5
-        result = estimate_relative_pose(kpts0, kpts1, gt.K[i], gt.K[j], threshold_px=threshold_px)
-        if result is None:
-            num_inliers, (R_err, t_err) = 0, (math.inf, math.inf)
-        else:
-            R, t, inliers = result
-            num_inliers = int(inliers.sum())
-            R_err, t_err = relative_pose_error(gt.relative_pose(i, j), R, t)
-        return [query, db, len(matches), num_inliers, threshold_px, R_err, t_err]
-
-    if num_workers > 1 and len(pairs) > 1:
-        with ThreadPoolExecutor(num_workers) as pool:  # map keeps the input order
-            rows = list(pool.map(run, pairs))
-    else:
-        rows = [run(p) for p in pairs]
+    _TASK.update(features=features, gt=gt, index=index, ratio=ratio, thresholds_px=thresholds,
+                 estimator=estimator)
+    try:
+        rows = _run_pairs(pairs, num_workers)
+    finally:
+        _TASK.clear()
     write_csv(out_csv, POSE_COLUMNS, rows)
     failed = sum(1 for r in rows if not math.isfinite(r[5]))
-    logger.info("Estimated %d relative poses (%d failed) into %s", len(rows), failed, out_csv)
+    logger.info("Estimated %d relative poses with %s at thresholds %s px (%d failed) into %s",
+                len(rows), estimator, thresholds, failed, out_csv)
     return rows
 
 
@@ -343,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ext.add_argument("--max_keypoints", type=int, default=4096)
     ext.add_argument("--resize_max", type=int, default=1600, help="0: never downscale")
     ext.add_argument("--no_root_sift", action="store_true")
+    ext.add_argument("--extractor", choices=sorted(SIFT_BACKENDS), default="opencv")
     ext.add_argument("--workers", type=int, default=2)
 
     est = sub.add_parser("estimate", help="relative pose of every retrieved pair -> pose.csv")
@@ -350,7 +570,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     est.add_argument("--gt", type=Path, required=True, help="gt.h5 of the scene")
     est.add_argument("--features", type=Path, required=True, help="local-features h5 from `extract`")
     est.add_argument("--output", type=Path, required=True, help="pose.csv to write")
-    est.add_argument("--threshold", type=float, default=1.0, help="RANSAC threshold in pixels")
+    est.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS_PX),
+                     help="RANSAC thresholds in pixels, the best of them is kept per pair")
+    est.add_argument("--estimator", choices=sorted(ESTIMATORS), default="opencv")
     est.add_argument("--ratio", type=float, default=0.8, help="Lowe ratio test")
     est.add_argument("--workers", type=int, default=2)
 
@@ -360,15 +582,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.gt:
             names = read_names(args.gt)
         elif args.image_list:
-            names = [line.strip() for line in open(args.image_list) if line.strip()]
+            names = [line.strip() for line in args.image_list.read_text().splitlines() if line.strip()]
         else:
             names = _list_images(args.image_dir)
         extract_local_features(args.image_dir, names, args.output, max_keypoints=args.max_keypoints,
                                resize_max=args.resize_max or None, root_sift=not args.no_root_sift,
-                               num_workers=args.workers)
+                               num_workers=args.workers, extractor=args.extractor)
     else:
         estimate_poses(read_pairs(args.pairs), args.gt, args.features, args.output,
-                       threshold_px=args.threshold, ratio=args.ratio, num_workers=args.workers)
+                       thresholds_px=args.thresholds, ratio=args.ratio, estimator=args.estimator,
+                       num_workers=args.workers)
 
 
 if __name__ == "__main__":

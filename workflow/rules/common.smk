@@ -313,3 +313,12 @@ def auc_inputs(wildcards):
     if not has_pose_ground_truth(ds):  # images without poses: retrieval only, no pose.csv
         del inputs["pose"]
     return inputs
+
+
+def metrics_runs(dataset):
+    """The (method, scene) runs of a dataset's table and figures, with the k each method retrieved."""
+    return [
+        {"method": m, "scene": s, "k": METHODS[m]["k"], **retrieval_mode(dataset)}
+        for m in DATASETS[dataset]["methods"]
+        for s in scenes(dataset)
+    ]

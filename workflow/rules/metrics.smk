@@ -1,18 +1,20 @@
-# Metrics: one table per dataset, every method on every scene plus pooled ALL rows.
+# Metrics: one table per dataset, every method on every scene plus pooled ALL rows, and its figures.
 
 
 rule auc_table:
-    """Pose AUC@5/10/20, matches, inliers and retrieval recall per method and scene, and ALL."""
+    """Pose AUC@5/10/20 (best pair and all pairs), matches, inliers, retrieval recall and mAP per method
+    and scene, and ALL."""
     input:
         unpack(auc_inputs),
     output:
-        "results/{dataset}/auc.csv",
+        report(
+            "results/{dataset}/auc.csv",
+            caption="../report/auc.rst",
+            category="Results",
+            labels=lambda wc: {"dataset": wc.dataset, "figure": "table"},
+        ),
     params:
-        runs=lambda wc: [
-            {"method": m, "scene": s, "k": METHODS[m]["k"]}
-            for m in DATASETS[wc.dataset]["methods"]
-            for s in scenes(wc.dataset)
-        ],
+        runs=lambda wc: metrics_runs(wc.dataset),
         overlap_tau=config.get("metrics", {}).get("overlap_tau", 0.1),
     log:
         "logs/{dataset}/auc_table.log",
@@ -23,6 +25,56 @@ rule auc_table:
         "../../envs/vop.yaml"
     script:
         "../../scripts/auc_table.py"
+
+
+rule plots:
+    """Cumulative pose-error curves, recall@k curves and a grid of retrievals with their overlap, and an
+    HTML summary (table and figures) that the report's front page shows."""
+    input:
+        unpack(auc_inputs),
+        auc="results/{dataset}/auc.csv",
+    output:
+        pose_errors=report(
+            "results/{dataset}/plots/pose_errors.png",
+            caption="../report/pose_errors.rst",
+            category="Results",
+            labels=lambda wc: {"dataset": wc.dataset, "figure": "pose errors"},
+        ),
+        recall=report(
+            "results/{dataset}/plots/recall.png",
+            caption="../report/recall.rst",
+            category="Results",
+            labels=lambda wc: {"dataset": wc.dataset, "figure": "recall@k"},
+        ),
+        retrievals=report(
+            "results/{dataset}/plots/retrievals.png",
+            caption="../report/retrievals.rst",
+            category="Results",
+            labels=lambda wc: {"dataset": wc.dataset, "figure": "retrievals"},
+        ),
+        summary=report(
+            "results/{dataset}/plots/summary.html",
+            caption="../report/summary.rst",
+            category="Results",
+            labels=lambda wc: {"dataset": wc.dataset, "figure": "table and figures"},
+        ),
+    params:
+        runs=lambda wc: [
+            {**run, "image_dir": image_dir(wc.dataset, run["scene"])} for run in metrics_runs(wc.dataset)
+        ],
+        overlap_tau=config.get("metrics", {}).get("overlap_tau", 0.1),
+    wildcard_constraints:
+        dataset=_alternatives([d for d in DATASETS if has_pose_ground_truth(d)]),
+    resources:
+        mem_mb=mem_mb(2000),
+    log:
+        "logs/{dataset}/plots.log",
+    benchmark:
+        "logs/{dataset}/plots.benchmark.tsv"
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/plots.py"
 
 
 # Datasets without pose ground truth (folder, inloc): the same table, its metric cells saying so.
@@ -36,11 +88,7 @@ rule retrieval_table:
     output:
         "results/{dataset}/auc.csv",
     params:
-        runs=lambda wc: [
-            {"method": m, "scene": s, "k": METHODS[m]["k"]}
-            for m in DATASETS[wc.dataset]["methods"]
-            for s in scenes(wc.dataset)
-        ],
+        runs=lambda wc: metrics_runs(wc.dataset),
     wildcard_constraints:
         dataset=_alternatives([d for d in DATASETS if not has_pose_ground_truth(d)]),
     log:
