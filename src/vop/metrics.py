@@ -306,7 +306,9 @@ def summarize_without_ground_truth(entries: Sequence[dict], out_csv: str | Path)
     rows = []
     for method, runs in by_method.items():
         for scene, queries, k in sorted(runs) + [("ALL", sum(q for _, q, _ in runs), runs[0][2])]:
-            rows.append([method, scene, queries, *[NO_GROUND_TRUTH] * 3, "", "", NO_GROUND_TRUTH, k])
+            known = {"method": method, "scene": scene, "num_queries": queries, "k": k,
+                     "mean_matches": "", "mean_inliers": ""}  # no pose stage ran: nothing matched
+            rows.append([known.get(column, NO_GROUND_TRUTH) for column in SUMMARY_COLUMNS])
     write_csv(out_csv, SUMMARY_COLUMNS, rows)
     logger.info("Wrote %d rows to %s (no ground truth: retrieval only)", len(rows), out_csv)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
