@@ -60,8 +60,14 @@ def list_h5_names(path: str | Path) -> list[str]:
     return sorted(names)
 
 
-def _missing(path: Path, f: h5py.File, names: Iterable[str]) -> list[str]:
-    return [n for n in names if n not in f]
+def require_images(path: Path, f: h5py.File, names: Iterable[str]) -> None:
+    """Fail, naming the file and the fix, when an h5 keyed by image name lacks some of `names`."""
+    missing = [n for n in names if n not in f]
+    if missing:
+        raise KeyError(
+            f"{path}: {len(missing)} image(s) missing, e.g. {missing[:3]}; "
+            "the file is stale or from another scene: delete it and rerun its rule"
+        )
 
 
 @dataclass
@@ -132,12 +138,7 @@ def read_stacked(path: str | Path, names: Sequence[str], key: str, dtype=None) -
     """Stack one key over `names` into an array (N, ...), in the order given."""
     path = Path(path)
     with h5py.File(path, "r") as f:
-        missing = _missing(path, f, names)
-        if missing:
-            raise KeyError(
-                f"{path}: {len(missing)} image(s) missing, e.g. {missing[:3]}; "
-                "the file is stale or from another scene: delete it and rerun its rule"
-            )
+        require_images(path, f, names)
         if not names:
             return np.zeros((0,), dtype=dtype or np.float32)
         out = np.stack([f[n][key][()] for n in names])

@@ -18,7 +18,7 @@ import argparse
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +106,10 @@ def num_relevant(gt: GroundTruth, tau: float = 0.1) -> np.ndarray:
     return relevant.sum(axis=1)
 
 
-def _relevance(pairs: Sequence[tuple[str, str]], gt: GroundTruth, tau: float,
-               database: Sequence[str] | None, gt_path: str | Path) -> tuple[dict, np.ndarray, dict]:
-    """({query: retrieved dbs}, relevant (N,N) bool restricted to the database, name index)."""
+def _ranked_hits(pairs: Sequence[tuple[str, str]], gt: GroundTruth, tau: float,
+                 database: Sequence[str] | None, gt_path: str | Path) -> Iterator[tuple[np.ndarray, int]]:
+    """Per query with a relevant image: (whether each retrieved image is relevant, best first; how many
+    images are relevant). Relevant: overlap >= tau, not the query itself, in `database` when given."""
     if gt.overlap is None:
         raise ValueError(f"{gt_path} has no overlap matrix, so retrieval recall is undefined for it")
     index = gt.index()
@@ -127,12 +128,13 @@ def _relevance(pairs: Sequence[tuple[str, str]], gt: GroundTruth, tau: float,
         in_database = np.zeros(len(gt.names), bool)
         in_database[[index[n] for n in database]] = True
         relevant &= in_database[None, :]
-    return retrieved, relevant, index
-
-
-def _hits(dbs: Sequence[str], relevant_row: np.ndarray, index: dict[str, int]) -> np.ndarray:
-    top = list(dict.fromkeys(dbs))  # a repeated db must not count twice
-    return relevant_row[[index[d] for d in top]] if top else np.zeros(0, bool)
+    for query, dbs in retrieved.items():
+        row = relevant[index[query]]
+        n_rel = int(row.sum())
+        if n_rel == 0:
+            continue  # no retrieval can score here
+        top = list(dict.fromkeys(dbs))  # a repeated db must not count twice
+        yield (row[[index[d] for d in top]] if top else np.zeros(0, bool)), n_rel
 
 
 def retrieval_recall_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int,
@@ -153,14 +155,9 @@ def retrieval_recall_at_ks(pairs: Sequence[tuple[str, str]], gt: GroundTruth, ks
     """(Q, len(ks)) recall@k of each query with a relevant image, for every k of `ks` (the recall curve)."""
     if min(ks, default=0) < 1:
         raise ValueError(f"k must be >= 1, got {list(ks)}")
-    retrieved, relevant, index = _relevance(pairs, gt, tau, database, gt_path)
     rows = []
-    for query, dbs in retrieved.items():
-        q = index[query]
-        n_rel = int(relevant[q].sum())
-        if n_rel == 0:
-            continue
-        cumulative = np.cumsum(_hits(dbs, relevant[q], index))
+    for hits, n_rel in _ranked_hits(pairs, gt, tau, database, gt_path):
+        cumulative = np.cumsum(hits)
         rows.append([(cumulative[min(k, len(cumulative)) - 1] if len(cumulative) else 0) / min(k, n_rel)
                      for k in ks])
     return np.asarray(rows, np.float64).reshape(-1, len(ks))
@@ -173,14 +170,9 @@ def average_precision_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTrut
     ranks, divided by min(k, |relevant|) (1 only when the first min(k, |relevant|) results are relevant)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    retrieved, relevant, index = _relevance(pairs, gt, tau, database, gt_path)
     aps = []
-    for query, dbs in retrieved.items():
-        q = index[query]
-        n_rel = int(relevant[q].sum())
-        if n_rel == 0:
-            continue
-        hits = _hits(dbs, relevant[q], index)[:k]
+    for hits, n_rel in _ranked_hits(pairs, gt, tau, database, gt_path):
+        hits = hits[:k]
         precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
         aps.append(float((precision * hits).sum()) / min(k, n_rel))
     return np.asarray(aps, np.float64)
@@ -262,6 +254,13 @@ def _row(method: str, scene: str, stats: Sequence[dict]) -> list:
     return [method, scene, len(errors), *(round(a, 4) for a in aucs),
             round(mean(matches), 4), round(mean(inliers), 4), recall, ks[0],
             *(round(a, 4) for a in aucs_all), mean_ap]
+
+
+def run_entries(runs: Sequence[dict], pose_csvs: Sequence[str], pairs_txts: Sequence[str],
+                gt_h5s: Sequence[str]) -> list[dict]:
+    """The entries `summarize` and the plots read: each run with its files (given in the runs' order)."""
+    return [{**run, "pose_csv": pose, "pairs_txt": pairs, "gt_h5": gt}
+            for run, pose, pairs, gt in zip(runs, pose_csvs, pairs_txts, gt_h5s, strict=True)]
 
 
 def summarize(entries: Sequence[dict], out_csv: str | Path, tau: float = 0.1) -> pd.DataFrame:

@@ -220,10 +220,7 @@ class PatchStore:
     def from_h5(cls, path: str | Path, names: Sequence[str], **kwargs) -> PatchStore:
         path = Path(path)
         with h5py.File(path, "r") as f:
-            missing = [n for n in names if n not in f]
-        if missing:
-            raise KeyError(f"{path}: {len(missing)} image(s) missing, e.g. {missing[:3]}; "
-                           "the file is stale or from another scene: delete it and rerun its rule")
+            io.require_images(path, f, names)
 
         def read(ids: np.ndarray) -> np.ndarray:
             with h5py.File(path, "r") as f:

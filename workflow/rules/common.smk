@@ -303,8 +303,9 @@ def retrieval_inputs(wildcards):
 
 
 def auc_inputs(wildcards):
+    """Each run's files, in the order of metrics_runs(), which the table and plot scripts zip them with."""
     ds = wildcards.dataset
-    runs = [(m, s) for m in DATASETS[ds]["methods"] for s in scenes(ds)]
+    runs = [(run["method"], run["scene"]) for run in metrics_runs(ds)]
     inputs = {
         "pose": [f"results/{ds}/{s}/{m}/pose.csv" for m, s in runs],
         "pairs": [f"results/{ds}/{s}/{m}/pairs.txt" for m, s in runs],
