@@ -13,6 +13,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 report: "workflow/report/workflow.rst"
 
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
@@ -25,9 +26,8 @@ include: "workflow/rules/metrics.smk"
 rule all:
     default_target: True
     input:
-        expand("results/{dataset}/auc.csv", dataset=[d for d in DATASETS if DATASETS[d]["methods"]]),
+        expand(rules.auc_table.output[0], dataset=datasets_where(lambda ds: ds.conf.methods)),
         expand(
-            "results/{dataset}/plots/{figure}",
-            dataset=[d for d in DATASETS if DATASETS[d]["methods"] and has_pose_ground_truth(d)],
-            figure=["pose_errors.png", "recall.png", "retrievals.png", "summary.html"],
+            rules.plots.output,
+            dataset=datasets_where(lambda ds: ds.conf.methods and ds.has_poses),
         ),

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vop.datasets import colmap
+from vop import geometry
 from vop.datasets.folder import image_size
 
 
@@ -25,7 +25,7 @@ def pose_overlap_per_pair(K, T, size, grid=16, max_angle=60.0):
     """The straightforward version: the same model, one pair at a time."""
     R, t = T[:, :3, :3], T[:, :3, 3]
     centers = -np.einsum("nji,nj->ni", R, t)
-    depths = colmap._scene_depths(centers, R[:, 2, :])
+    depths = geometry._scene_depths(centers, R[:, 2, :])
     min_cos = np.cos(np.radians(max_angle))
     frac = (np.arange(grid) + 0.5) / grid
     n = len(K)
@@ -90,7 +90,7 @@ def main() -> None:
 
     K, T, size = orbit(args.cameras, rng)
     start = time.perf_counter()
-    fast = colmap.pose_overlap(K, T, size)
+    fast = geometry.pose_overlap(K, T, size)
     t_fast = time.perf_counter() - start
     start = time.perf_counter()
     slow = pose_overlap_per_pair(K, T, size)

@@ -20,26 +20,23 @@ from pathlib import Path
 
 import numpy as np
 
-from vop.datasets import eth3d, synthetic
+from vop.conf import LocalFeaturesConf, PoseConf
+from vop.datasets import open_scene, synthetic
+from vop.estimation import estimate_relative_pose_sweep
+from vop.geometry import relative_pose_error
 from vop.io import read_gt
-from vop.pose import (
-    DEFAULT_THRESHOLDS_PX,
-    estimate_poses,
-    estimate_relative_pose_sweep,
-    extract_local_features,
-    match_descriptors,
-    read_local_features,
-    relative_pose_error,
-)
+from vop.local_features import extract_local_features, read_local_features
+from vop.matching import match_descriptors
+from vop.pose import estimate_poses
 
 
-def sequential_loop(pairs, gt, features_h5, thresholds, estimator):
+def sequential_loop(pairs, gt, features_h5, thresholds, estimator, ratio):
     index = gt.index()
     features = read_local_features(features_h5, list(index))
     rows = []
     for query, db in pairs:
         f0, f1 = features[query], features[db]
-        matches = match_descriptors(f0["descriptors"], f1["descriptors"])
+        matches = match_descriptors(f0["descriptors"], f1["descriptors"], ratio)
         i, j = index[query], index[db]
         kpts0, kpts1 = f0["keypoints"][matches[:, 0]] + 0.5, f1["keypoints"][matches[:, 1]] + 0.5
         result = estimate_relative_pose_sweep(kpts0, kpts1, gt.K[i], gt.K[j], thresholds, estimator=estimator)
@@ -70,16 +67,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthetic.generate_scene(tmp / "scene", seed=7, num_images=args.images)
-        eth3d.write_ground_truth(tmp, "scene", tmp / "gt.h5")
+        open_scene("synthetic", tmp, "scene").write_ground_truth(tmp / "gt.h5")
         gt = read_gt(tmp / "gt.h5")
         extract_local_features(tmp / "scene" / "images", gt.names, tmp / "local.h5",
-                               max_keypoints=args.max_keypoints)
+                               LocalFeaturesConf(max_keypoints=args.max_keypoints))
         n = len(gt.names)
         overlap = np.array(gt.overlap, np.float64)
         np.fill_diagonal(overlap, -1.0)
         ranked = np.argsort(-overlap, axis=1, kind="stable")[:, :args.neighbours]
         pairs = [(gt.names[i], gt.names[j]) for i in range(n) for j in ranked[i]]
-        thresholds = list(DEFAULT_THRESHOLDS_PX)
+        conf = PoseConf(estimator=args.estimator)
+        thresholds = list(conf.thresholds)
         print(f"{len(pairs)} pairs, {n} images, estimator {args.estimator}, thresholds {thresholds} px")
 
         def cpu_seconds() -> float:
@@ -88,12 +86,10 @@ def main() -> None:
 
         variants = {
             "sequential loop (default threading)": lambda: sequential_loop(pairs, gt, tmp / "local.h5", thresholds,
-                                                                           args.estimator),
-            "estimate_poses, 1 worker": lambda: estimate_poses(pairs, gt, tmp / "local.h5", tmp / "pose1.csv",
-                                                               thresholds_px=thresholds, estimator=args.estimator,
+                                                                           args.estimator, conf.ratio),
+            "estimate_poses, 1 worker": lambda: estimate_poses(pairs, gt, tmp / "local.h5", tmp / "pose1.csv", conf,
                                                                num_workers=1),
-            "estimate_poses, 2 workers": lambda: estimate_poses(pairs, gt, tmp / "local.h5", tmp / "pose2.csv",
-                                                                thresholds_px=thresholds, estimator=args.estimator,
+            "estimate_poses, 2 workers": lambda: estimate_poses(pairs, gt, tmp / "local.h5", tmp / "pose2.csv", conf,
                                                                 num_workers=2),
         }
         # Interleaved repeats, best of each: load from other processes hits every variant alike.

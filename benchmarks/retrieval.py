@@ -5,7 +5,7 @@
 
 Both implementations run in this process on the same synthetic embeddings and the same prefilter
 candidates: `vop.reference` (a faiss range search per query and Python loops over its patches, as the
-paper's code does) and `vop.retrieval.vote_scores` (batched matrix products, register mode: one block
+paper's code does) and `vop.voting.vote_scores` (batched matrix products, register mode: one block
 per image pair). The script checks that the top-k agree and prints:
 
   ratio: ours / straightforward queries/s at the largest N
@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vop import io, reference, retrieval
+from vop import io, reference, retrieval, voting
+from vop import prefilter as prefilter_
+from vop.conf import VopConf
 
 
 def synthetic_scene(num_images: int, num_patches: int = 256, dim: int = 256, seed: int = 0):
@@ -97,14 +99,14 @@ def matmul_flops(seconds: float = 1.0) -> dict[str, float]:
 def run(num_images: int, prefilter: int, k: int, radius: float, straightforward_queries: int) -> dict:
     glob, patches = synthetic_scene(num_images)
     ids = np.arange(num_images)
-    cand, _ = retrieval.prefilter(glob, glob, prefilter, exclude=ids)
+    cand, _ = prefilter_.prefilter(glob, glob, prefilter, exclude=ids)
     tau = 1.0 - radius
 
-    store = retrieval.PatchStore.from_array(patches)
+    store = voting.PatchStore.from_array(patches)
     start = time.perf_counter()
-    votes = retrieval.vote_scores(store, store, cand, tau, True, shared=True)
+    votes = voting.vote_scores(store, store, cand, tau, True, shared=True)
     ours = num_images / (time.perf_counter() - start)
-    blocks = len(retrieval._blocks(cand, shared=True).a)
+    blocks = len(voting._blocks(cand, shared=True).a)
 
     # The straightforward implementation on a subset of the queries (it is slow), same candidates.
     queries = ids[:: max(1, num_images // straightforward_queries)]
@@ -145,7 +147,7 @@ def measure_memory(num_images: int, out_dir: Path) -> None:
 
 def retrieve_scene(out_dir: Path) -> None:
     """The pipeline's retrieve step on a scene written by measure_memory; prints the peak RSS in kB."""
-    method = {"type": "vop", "k": 5, "prefilter": 20, "radius": 0.25, "encoder": "vop"}
+    method = VopConf(k=5, prefilter=20, radius=0.25, encoder="vop")
     retrieval.run_method(method, "memory", out_dir / "gt.h5", out_dir / "vop",
                          embeddings_h5=out_dir / "embeddings-vop.h5", device="cpu")
     status = Path("/proc/self/status").read_text()

@@ -3,19 +3,13 @@ import torch
 
 from vop import io
 from vop.backbones import load_backbone
+from vop.conf import BackboneConf
 from vop.features import dump_features
 from vop.utils import setup_logging
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-conf = snakemake.params.backbone
-backbone = load_backbone(snakemake.wildcards.backbone, weights=conf.get("weights"))
-dump_features(
-    snakemake.params.image_dir,
-    io.read_names(snakemake.input.gt),
-    backbone,
-    snakemake.output[0],
-    batch_size=conf.get("batch_size", 16),
-    num_workers=snakemake.threads,
-    with_flipped=snakemake.params.with_flipped,
-)
+conf = BackboneConf.from_dict(snakemake.params.conf, f"backbones.{snakemake.wildcards.backbone}")
+backbone = load_backbone(snakemake.wildcards.backbone, weights=conf.weights)
+dump_features(snakemake.params.image_dir, io.read_names(snakemake.input.gt), backbone, snakemake.output[0],
+              batch_size=conf.batch_size, num_workers=snakemake.threads, with_flipped=snakemake.params.with_flipped)

@@ -1,12 +1,13 @@
 """Rule retrieve: pairs.txt, scores.csv and retrieval.json of one method on one scene."""
 from pathlib import Path
 
+from vop.conf import method_conf
 from vop.retrieval import run_method
 from vop.utils import setup_logging
 
 setup_logging(snakemake.log[0])
 run_method(
-    dict(snakemake.params.method),
+    method_conf(snakemake.params.method, f"methods.{snakemake.wildcards.method}"),
     snakemake.wildcards.scene,
     snakemake.input.gt,
     Path(snakemake.output.pairs).parent,
@@ -14,4 +15,5 @@ run_method(
     embeddings_h5=snakemake.input.get("embeddings"),
     mode=snakemake.params.mode["mode"],
     queries=snakemake.params.mode.get("queries"),
+    info={"backbone": snakemake.params.backbone},
 )

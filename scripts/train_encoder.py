@@ -1,6 +1,7 @@
 """Rule train_encoder: the VOP patch-embedding head from labelled training scenes."""
 import torch
 
+from vop.conf import TrainConf
 from vop.training import train_encoder
 from vop.utils import setup_logging
 
@@ -10,7 +11,7 @@ train_encoder(
     list(zip(snakemake.input.features, snakemake.input.labels)),
     snakemake.output.checkpoint,
     backbone=snakemake.params.backbone,
+    conf=TrainConf.from_dict(snakemake.params.train, f"encoders.{snakemake.wildcards.encoder}.train"),
     log_csv=snakemake.output.history,
     plot_png=snakemake.output.plot,
-    **snakemake.params.train,
 )

@@ -11,7 +11,6 @@ from transformers import Dinov2Config, Dinov2Model
 
 from vop.backbones import BACKBONES, load_backbone
 from vop.backbones.dense_sift import DenseSift, pool_global
-from vop.utils import root_sift
 from vop.backbones.dinov2 import (
     Dinov2Backbone,
     fb_to_hf_state_dict,
@@ -19,6 +18,7 @@ from vop.backbones.dinov2 import (
     load_dinov2,
     random_dinov2,
 )
+from vop.utils import root_sift
 
 NAME = "dinov2_vits14"  # the tiny configs stand in for its architecture
 

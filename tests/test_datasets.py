@@ -12,15 +12,17 @@ import pycolmap
 import pytest
 
 from vop import labels
+from vop.cli import main as vop_main
+from vop.conf import LabelsConf
 from vop.datasets import (
     NoDepthError,
-    colmap,
     eth3d,
     folder,
     megadepth,
     open_scene,
     synthetic,
 )
+from vop.geometry import pose_overlap
 from vop.io import read_gt
 
 
@@ -40,9 +42,8 @@ def write_megadepth(synthetic_root, root, scene="0015", drop=()):
     """
     src = eth3d.Eth3dScene(synthetic_root, "room")
     gt = src.ground_truth()
-    model = eth3d.read_scene_model(synthetic_root, "room")
-    by_name = {im.name: im for im in model.images.values()}
-    points = [set(by_name[n].point3D_ids[by_name[n].point3D_ids >= 0].tolist()) for n in gt.names]
+    by_name = {im.name: im for im in src.read_model().images.values()}
+    points = [{p.point3D_id for p in by_name[n].points2D if p.has_point3D()} for n in gt.names]
     n = len(gt.names) + 1  # the last entry: an image the reconstruction did not keep
     overlap = np.full((n, n), -1.0)
     for i in range(len(gt.names)):
@@ -93,9 +94,9 @@ def test_megadepth_labels_match_the_eth3d_layout(synthetic_root, tmp_path):
     md.write_ground_truth(tmp_path / "md_gt.h5")
     eth = open_scene("eth3d", synthetic_root, "room")
     eth.write_ground_truth(tmp_path / "eth_gt.h5")
-    kw = {"pairs_per_bin": 10, "num_negative": 3, "seed": 0, "stride": 2}
-    a = labels.scene_labels(md, tmp_path / "md_gt.h5", tmp_path / "md_labels.h5", **kw)
-    b = labels.scene_labels(eth, tmp_path / "eth_gt.h5", tmp_path / "eth_labels.h5", **kw)
+    conf = LabelsConf(pairs_per_bin=10, num_negative=3, seed=0, stride=2)
+    a = labels.scene_labels(md, tmp_path / "md_gt.h5", tmp_path / "md_labels.h5", conf)
+    b = labels.scene_labels(eth, tmp_path / "eth_gt.h5", tmp_path / "eth_labels.h5", conf)
     np.testing.assert_array_equal(a["pairs"], b["pairs"])
     np.testing.assert_array_equal(a["offsets"], b["offsets"])
     np.testing.assert_array_equal(a["positives"], b["positives"])
@@ -170,8 +171,9 @@ def test_inloc_queries_against_cutouts(tmp_path):
 def test_colmap_scene_text_and_binary(synthetic_root, tmp_path, fmt):
     """Own data: a model (text, or binary as COLMAP writes it under sparse/0) beside an image folder."""
     own = tmp_path / "own"
-    shutil.copytree(eth3d.scene_paths(synthetic_root, "room")[0], own / "photos")
-    model_dir = eth3d.scene_paths(synthetic_root, "room")[1]
+    room = open_scene("eth3d", synthetic_root, "room")
+    shutil.copytree(room.image_dir, own / "photos")
+    model_dir = room.model_dir
     if fmt == ".txt":
         shutil.copytree(model_dir, own / "sparse")
         scene = open_scene("colmap", own, None, images="photos", model="sparse")
@@ -179,7 +181,7 @@ def test_colmap_scene_text_and_binary(synthetic_root, tmp_path, fmt):
         (own / "sparse").mkdir()
         pycolmap.Reconstruction(str(model_dir)).write_binary(str(own / "sparse"))
         (own / "sparse" / "0").mkdir()
-        for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        for name in ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"):
             (own / "sparse" / name).rename(own / "sparse" / "0" / name)
         scene = open_scene("colmap", own, None, images="photos")  # model: sparse -> sparse/0
     assert scene.model_dir == own / "sparse" / ("0" if fmt == ".bin" else "")
@@ -195,10 +197,12 @@ def test_colmap_scene_text_and_binary(synthetic_root, tmp_path, fmt):
 
 
 def test_colmap_scene_without_points_estimates_overlap_from_poses(synthetic_root, tmp_path, caplog):
-    model = eth3d.read_scene_model(synthetic_root, "room")
-    model.points3D = {}
-    colmap.write_model_text(model, tmp_path / "sparse")
-    shutil.copytree(eth3d.scene_paths(synthetic_root, "room")[0], tmp_path / "images")
+    room = open_scene("eth3d", synthetic_root, "room")
+    model = room.read_model()
+    model.delete_all_points2D_and_points3D()
+    (tmp_path / "sparse").mkdir()
+    model.write_text(str(tmp_path / "sparse"))
+    shutil.copytree(room.image_dir, tmp_path / "images")
     gt = open_scene("colmap", tmp_path).ground_truth()
     ref = eth3d.Eth3dScene(synthetic_root, "room").ground_truth()
     assert gt.overlap is not None and "overlap estimated from the camera poses" in caplog.text
@@ -225,7 +229,7 @@ def test_pose_overlap_geometry():
             camera([2.5, 0, -10], 0), camera([0, 0, -10.5], 180), camera([-0.01, 0, -10], 0)]
     K = np.stack([c[0] for c in cams])
     T = np.stack([c[1] for c in cams])
-    o = colmap.pose_overlap(K, T, np.tile([200, 100], (len(cams), 1)))
+    o = pose_overlap(K, T, np.tile([200, 100], (len(cams), 1)))
     assert o[0, 5] > 0.99  # the same view
     assert o[0, 2] == 0 and o[0, 1] == 0  # the other side of the object, and 90 degrees round it
     assert 0.45 < o[0, 3] <= 0.5  # half the footprint shared, seen from nearly the same direction
@@ -263,11 +267,12 @@ def test_image_size_from_headers_matches_decoding(tmp_path):
 
 
 def test_cli_and_unknown_source(tmp_path, capsys):
-    from vop.datasets import main
-
     write_image(tmp_path / "imgs" / "a.jpg", 20, 10)
-    main(["gt", "folder", str(tmp_path), "-", str(tmp_path / "gt.h5"), "--option", "images=imgs"])
+    assert vop_main(["ground-truth", "--source", "folder", "--root", str(tmp_path), "--option", "images=imgs",
+                     "--out", str(tmp_path / "gt.h5")]) == 0
     assert read_gt(tmp_path / "gt.h5").names == ["a.jpg"]
     assert "1 images, overlap no" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown dataset source 'photos'"):
         open_scene("photos", tmp_path)
+    with pytest.raises(ValueError, match=r"source folder\.imags: unknown key \(did you mean `images`\?\)"):
+        open_scene("folder", tmp_path, None, imags="imgs")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vop import download as dl
+from vop.cli import main as vop_main
 
 
 class ArchiveServer:
@@ -133,7 +134,7 @@ def test_a_killed_run_resumes_from_the_part_file(server, tmp_path):
     server.files["cutouts.tar.gz"] = payload
     dest = tmp_path / "cutouts.tar.gz"
     (tmp_path / "cutouts.tar.gz.part").write_bytes(payload[:300_000])  # what a killed run left
-    dl.main(["fetch", f"{server.url}/cutouts.tar.gz", str(dest)])
+    assert vop_main(["download", f"{server.url}/cutouts.tar.gz", str(dest)]) == 0
     assert dest.read_bytes() == payload
     assert [r["range"] for r in server.requests] == ["bytes=300000-"]
 

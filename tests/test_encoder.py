@@ -11,14 +11,10 @@ import pytest
 import torch
 
 from vop import io
-from vop.encoder import (
-    VOPEncoder,
-    apply_encoder,
-    load_encoder,
-    main,
-    mirror_patch_indices,
-    save_encoder,
-)
+from vop.cli import main as vop_main
+from vop.conf import EncoderConf, TrainConf
+from vop.encoder import VOPEncoder, apply_encoder, load_encoder, save_encoder
+from vop.grid import mirror_patch_indices
 from vop.training import load_training_data, make_batch, patch_loss, read_labels, train_encoder
 
 DIM = 32  # token width of the fake backbone: small keeps the tests fast
@@ -180,11 +176,7 @@ def test_training_reduces_the_loss(scenes, tmp_path):
         scenes,
         ckpt,
         "test",
-        epochs=8,
-        batch_size=8,
-        lr=3e-3,
-        out_dim=OUT,
-        val_fraction=0.2,
+        TrainConf(epochs=8, batch_size=8, lr=3e-3, out_dim=OUT, val_fraction=0.2),
         log_csv=log_csv,
         plot_png=png,
         device="cpu",
@@ -228,7 +220,8 @@ def outputs_pair(model, ta, ka, tb, kb):
 
 def test_training_is_seeded(scenes, tmp_path):
     runs = [
-        train_encoder(scenes, tmp_path / f"{i}.pth", "test", epochs=2, batch_size=16, out_dim=OUT, device="cpu")
+        train_encoder(scenes, tmp_path / f"{i}.pth", "test", TrainConf(epochs=2, batch_size=16, out_dim=OUT),
+                      device="cpu")
         for i in range(2)
     ]
     strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in runs]
@@ -237,7 +230,7 @@ def test_training_is_seeded(scenes, tmp_path):
 
 def test_training_checks_its_inputs(scenes, tmp_path):
     with pytest.raises(ValueError, match=r"32-d tokens but backbone dense_sift gives 128-d"):
-        train_encoder(scenes, tmp_path / "x.pth", "dense_sift", epochs=1)
+        train_encoder(scenes, tmp_path / "x.pth", "dense_sift", TrainConf(epochs=1))
     bad = tmp_path / "labels.h5"
     with h5py.File(bad, "w") as f:
         f.create_dataset("names", data=np.array(["a"], dtype=h5py.string_dtype()))
@@ -371,7 +364,7 @@ def test_apply_vop_encoder(scenes, tmp_path):
     model = VOPEncoder(DIM, OUT)
     ckpt = save_encoder(model, tmp_path / "vop.pth", "test")
     out = tmp_path / "embeddings-vop.h5"
-    apply_encoder(scenes[0][0], out, {"type": "vop", "checkpoint": str(ckpt), "batch_size": 4, "device": "cpu"})
+    apply_encoder(scenes[0][0], out, EncoderConf(type="vop", checkpoint=str(ckpt), batch_size=4), device="cpu")
     features, embeddings = read_all(scenes[0][0]), read_all(out)
     assert sorted(embeddings) == sorted(features)
     names = sorted(features)
@@ -393,48 +386,24 @@ def test_apply_vop_encoder(scenes, tmp_path):
 
 def test_apply_checks_the_encoder_entry(scenes, tmp_path):
     out = tmp_path / "e.h5"
-    with pytest.raises(ValueError, match="needs `checkpoint`"):
-        apply_encoder(scenes[0][0], out, {"type": "vop"})
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        apply_encoder(scenes[0][0], out, EncoderConf(type="vop"))
     ckpt = save_encoder(VOPEncoder(48, OUT), tmp_path / "wide.pth", None)
     with pytest.raises(ValueError, match=r"features-s0.h5: patch tokens of shape \(256, 32\) .* expects 48-d tokens"):
-        apply_encoder(scenes[0][0], out, {"type": "vop", "checkpoint": ckpt})
+        apply_encoder(scenes[0][0], out, EncoderConf(type="vop"), checkpoint=ckpt)
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
 
 
 def test_cli(scenes, tmp_path):
     ckpt = tmp_path / "vop.pth"
     args = ["--scene", *map(str, scenes[0]), "--scene", *map(str, scenes[1])]
-    main(
-        [
-            "train",
-            *args,
-            "--backbone",
-            "test",
-            "--out",
-            str(ckpt),
-            "--epochs",
-            "1",
-            "--out-dim",
-            str(OUT),
-            "--log-csv",
-            str(tmp_path / "log.csv"),
-        ]
-    )
+    assert vop_main(["train", *args, "--backbone", "test", "--out", str(ckpt), "--epochs", "1", "--out-dim", str(OUT),
+                     "--history", str(tmp_path / "log.csv")]) == 0
     assert ckpt.is_file() and (tmp_path / "log.csv").is_file()
-    main(
-        [
-            "apply",
-            "--features",
-            str(scenes[1][0]),
-            "--out",
-            str(tmp_path / "vop.h5"),
-            "--type",
-            "vop",
-            "--checkpoint",
-            str(ckpt),
-        ]
-    )
-    main(["--features", str(scenes[1][0]), "--out", str(tmp_path / "id.h5")])  # the former flags: identity
+    assert vop_main(["embeddings", "--features", str(scenes[1][0]), "--out", str(tmp_path / "vop.h5"), "--type", "vop",
+                     "--checkpoint", str(ckpt)]) == 0
+    assert vop_main(["embeddings", "--features", str(scenes[1][0]), "--out", str(tmp_path / "id.h5"),
+                     "--type", "identity"]) == 0
     vop_e, id_e = read_all(tmp_path / "vop.h5"), read_all(tmp_path / "id.h5")
     name = next(iter(vop_e))
     assert vop_e[name]["patch_descriptors"].shape == (256, OUT)

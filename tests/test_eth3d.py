@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vop import download
-from vop.datasets import colmap, eth3d, synthetic
+from vop.cli import main as vop_main
+from vop.datasets import colmap, eth3d, open_scene, synthetic
 from vop.io import read_gt
 
 
@@ -17,17 +18,22 @@ def eth3d_root(tmp_path_factory):
     return root, scene
 
 
-def test_scene_paths():
-    images, model, depth = eth3d.scene_paths("/data", "office")
-    assert str(images) == "/data/office/images"
-    assert str(model) == "/data/office/dslr_calibration_undistorted"
-    assert str(depth) == "/data/office/ground_truth_depth/dslr_images_undistorted"
-    assert len(eth3d.SCENES) == 13 and "relief_2" in eth3d.SCENES
+def test_layout():
+    scene = open_scene("eth3d", "/data", "office")
+    assert str(scene.image_dir) == "/data/office/images"
+    assert str(scene.model_dir) == "/data/office/dslr_calibration_undistorted"
+    assert str(scene.depth_dir) == "/data/office/ground_truth_depth/dslr_images_undistorted"
+    assert [str(p) for p in scene.input_files()] == [f"/data/office/dslr_calibration_undistorted/{n}.txt"
+                                                     for n in ("cameras", "images", "points3D")]
+    assert len(eth3d.SCENES) == 13 and "relief_2" in eth3d.SCENES and eth3d.Eth3dScene.default_scenes == eth3d.SCENES
+    [part] = eth3d.Eth3dScene.archive_parts("office")
+    assert (part.name, part.archive, part.member_prefix) == ("office", eth3d.ARCHIVE, "ETH3D_undistorted/office/")
 
 
 def test_ground_truth(eth3d_root, tmp_path):
     root, scene = eth3d_root
-    eth3d.main(["gt", str(root), "courtyard", str(tmp_path / "gt.h5")])
+    assert vop_main(["ground-truth", "--source", "eth3d", "--root", str(root), "--scene", "courtyard",
+                     "--out", str(tmp_path / "gt.h5")]) == 0
     gt = read_gt(tmp_path / "gt.h5")
     assert gt.names == scene.names  # exactly as in images.txt
     for i, view in enumerate(scene.views):
@@ -35,14 +41,14 @@ def test_ground_truth(eth3d_root, tmp_path):
         np.testing.assert_allclose(gt.T_w2cam[i][:3, :3], view.R, atol=1e-12)
         np.testing.assert_allclose(gt.T_w2cam[i][:3, 3], view.tvec)
         np.testing.assert_array_equal(gt.image_size[i], [80, 60])
-    model = colmap.read_model(eth3d.scene_paths(root, "courtyard")[1])
+    model = colmap.read_model(open_scene("eth3d", root, "courtyard").model_dir)
     np.testing.assert_array_equal(gt.overlap, colmap.ground_truth_from_model(model).overlap)
     assert gt.overlap.shape == (4, 4) and np.all(np.diag(gt.overlap) == 1)
 
 
 def test_depth_reader(eth3d_root, tmp_path):
     root, scene = eth3d_root
-    depth_dir = eth3d.scene_paths(root, "courtyard")[2]
+    depth_dir = open_scene("eth3d", root, "courtyard").depth_dir
     depth = eth3d.read_depth(depth_dir / "IMG_0000.JPG", 80, 60)
     assert depth.shape == (60, 80) and depth.dtype == np.float32
     # ETH3D marks pixels without ground truth with +inf.
@@ -59,14 +65,14 @@ def test_missing_image_is_named(eth3d_root, tmp_path):
     shutil.copytree(root / "courtyard", tmp_path / "courtyard")
     (tmp_path / "courtyard/images/dslr_images_undistorted/IMG_0002.JPG").unlink()
     with pytest.raises(FileNotFoundError, match=r"IMG_0002\.JPG.*images\.txt.*incomplete"):
-        eth3d.write_ground_truth(tmp_path, "courtyard", tmp_path / "gt.h5")
+        open_scene("eth3d", tmp_path, "courtyard").write_ground_truth(tmp_path / "gt.h5")
     assert not (tmp_path / "gt.h5").exists()
     with pytest.raises(FileNotFoundError, match="calibration of scene 'office' not found"):
-        eth3d.write_ground_truth(tmp_path, "office", tmp_path / "gt.h5")
+        open_scene("eth3d", tmp_path, "office").write_ground_truth(tmp_path / "gt.h5")
 
 
 def test_extract_one_scene_of_the_archive(tmp_path):
-    """The extract_eth3d_scene rule's call: one scene by prefix, never its namesake office_2."""
+    """The extract_part rule's call for an ETH3D scene: one scene by prefix, never its namesake office_2."""
     archive = tmp_path / "ETH3D_undistorted.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("ETH3D_undistorted/office/dslr_calibration_undistorted/images.txt", "office")

@@ -9,7 +9,9 @@ import pytest
 
 from vop import io
 from vop.backbones import load_backbone
-from vop.features import dump_features, main, patch_keypoints, read_names_file
+from vop.cli import main as vop_main
+from vop.features import dump_features, read_names_file
+from vop.grid import patch_keypoints
 
 NAMES = ["a.jpg", "sub/b.png", "c.jpg", "sub/deeper/d.jpg"]
 SIZES = {"a.jpg": (320, 240), "sub/b.png": (200, 300), "c.jpg": (224, 224), "sub/deeper/d.jpg": (500, 120)}
@@ -103,7 +105,7 @@ def test_corrupt_or_missing_image_is_named_and_nothing_is_written(image_dir, den
         dump_features(bad_dir, ["a.jpg", "nope.jpg"], dense_sift, out, batch_size=1)
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
     with pytest.raises(ValueError, match="duplicate image names"):
-        dump_features(bad_dir, ["a.jpg", "a.jpg"], dense_sift, out)
+        dump_features(bad_dir, ["a.jpg", "a.jpg"], dense_sift, out, batch_size=4)
 
 
 def test_cli_with_gt_h5_and_text_names(image_dir, tmp_path, capsys):
@@ -119,21 +121,23 @@ def test_cli_with_gt_h5_and_text_names(image_dir, tmp_path, capsys):
     (tmp_path / "names.txt").write_text("# images\n" + "\n".join(NAMES[:2]) + "\n\n")
     assert read_names_file(tmp_path / "names.txt") == NAMES[:2]
 
-    main(["--image-dir", str(image_dir), "--names-from", str(tmp_path / "gt.h5"), "--backbone", "dense_sift",
-          "--out", str(tmp_path / "features.h5"), "--batch-size", "2", "--device", "cpu"])
+    assert vop_main(["features", "--image-dir", str(image_dir), "--names-from", str(tmp_path / "gt.h5"),
+                     "--backbone", "dense_sift", "--out", str(tmp_path / "features.h5"), "--batch-size", "2",
+                     "--device", "cpu"]) == 0
     assert io.list_h5_names(tmp_path / "features.h5") == sorted(NAMES)
     with pytest.raises(SystemExit):
-        main(["--help"])
+        vop_main(["features", "--help"])
     assert "--names-from" in capsys.readouterr().out
 
 
 def test_flipped_tokens_are_the_tokens_of_the_mirrored_image(image_dir, dense_sift, tmp_path):
     name = "c.jpg"  # already 224x224: no resize, so mirroring commutes with the preprocessing exactly
-    features = read_all(dump_features(image_dir, [name], dense_sift, tmp_path / "f.h5", with_flipped=True))
+    flipped = dump_features(image_dir, [name], dense_sift, tmp_path / "f.h5", batch_size=4, with_flipped=True)
+    features = read_all(flipped)
     (tmp_path / "mirrored").mkdir()
     # PNG keeps the mirrored pixels exact (a JPEG round trip would not)
     assert cv2.imwrite(str(tmp_path / "mirrored/c.png"), cv2.imread(str(image_dir / name))[:, ::-1])
-    mirrored = read_all(dump_features(tmp_path / "mirrored", ["c.png"], dense_sift, tmp_path / "m.h5"))
+    mirrored = read_all(dump_features(tmp_path / "mirrored", ["c.png"], dense_sift, tmp_path / "m.h5", batch_size=4))
     np.testing.assert_allclose(
         features[name]["patch_descriptors_flipped"].astype(np.float32),
         mirrored["c.png"]["patch_descriptors"].astype(np.float32),

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from vop import labels
-from vop.datasets import eth3d, synthetic
+from vop.cli import main as vop_main
+from vop.conf import LabelsConf
+from vop.datasets import eth3d, open_scene, synthetic
 from vop.io import read_gt
 
 W, H, F, D = 320, 256, 250.0, 4.0  # image size, focal length, distance of the plane z = D
@@ -175,16 +177,17 @@ def test_sample_pairs_bins_order_and_determinism():
 def synthetic_scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("labels")
     synthetic.generate_scene(root / "scene", seed=0, num_images=10, width=160, height=120)
-    eth3d.write_ground_truth(root, "scene", root / "gt.h5")
-    return root / "scene", root / "gt.h5"
+    scene = open_scene("synthetic", root, "scene")
+    scene.write_ground_truth(root / "gt.h5")
+    return scene, root / "gt.h5"
 
 
 def test_scene_labels_on_a_synthetic_scene(synthetic_scene, tmp_path):
-    scene_dir, gt_h5 = synthetic_scene
+    scene, gt_h5 = synthetic_scene
     out = tmp_path / "labels.h5"
     bins = ((0.05, 0.4), (0.4, 1.01))
-    written = labels.scene_labels(scene_dir, gt_h5, out, pairs_per_bin=50, num_negative=50, seed=0, stride=1,
-                                  bins=bins)
+    conf = LabelsConf(pairs_per_bin=50, num_negative=50, seed=0, stride=1)
+    written = labels.scene_labels(scene, gt_h5, out, conf, bins=bins)
     got = labels.read_labels(out)
     gt = read_gt(gt_h5)
     assert got["names"] == gt.names
@@ -210,7 +213,7 @@ def test_scene_labels_on_a_synthetic_scene(synthetic_scene, tmp_path):
     # A pair's cached positives are what the functions give for it directly.
     k = int(np.argmax(num))
     i, j = got["pairs"][k]
-    depth = [eth3d.read_depth(labels.depth_path(scene_dir, gt.names[x]), 160, 120) for x in (i, j)]
+    depth = [scene.depth(gt.names[x], (160, 120)) for x in (i, j)]
     counts = labels.patch_correspondences(depth[0], gt.K[i], gt.T_w2cam[i], depth[1], gt.K[j], gt.T_w2cam[j])
     np.testing.assert_array_equal(labels.pair_positives(got, k), labels.mutual_positives(counts))
 
@@ -220,21 +223,22 @@ def test_scene_labels_on_a_synthetic_scene(synthetic_scene, tmp_path):
 
 def test_scene_labels_names_missing_depth(synthetic_scene, tmp_path):
     _, gt_h5 = synthetic_scene
-    scene = tmp_path / "scene"
-    (scene / eth3d.DEPTH_SUBDIR).mkdir(parents=True)  # a dataset without depth maps
+    (tmp_path / "scene" / eth3d.DEPTH_SUBDIR).mkdir(parents=True)  # a dataset without depth maps
+    scene = open_scene("eth3d", tmp_path, "scene")
     out = tmp_path / "labels.h5"
     with pytest.raises(FileNotFoundError, match=r"IMG_\d+\.JPG.*training labels need ground-truth depth"):
-        labels.scene_labels(scene, gt_h5, out, pairs_per_bin=5, num_negative=5)
+        labels.scene_labels(scene, gt_h5, out, LabelsConf(pairs_per_bin=5, num_negative=5))
     assert not out.exists() and not list(tmp_path.glob(".labels.h5*"))
 
 
 def test_cli(synthetic_scene, tmp_path):
-    scene_dir, gt_h5 = synthetic_scene
+    scene, gt_h5 = synthetic_scene
     out = tmp_path / "labels.h5"
-    labels.main(["--scene-dir", str(scene_dir), "--gt", str(gt_h5), "--out", str(out), "--pairs-per-bin", "3",
-                 "--num-negative", "2", "--seed", "1", "--stride", "2"])
+    assert vop_main(["labels", "--source", "synthetic", "--root", str(scene.root), "--scene", "scene", "--gt",
+                     str(gt_h5), "--out", str(out), "--pairs-per-bin", "3", "--num-negative", "2", "--seed", "1",
+                     "--stride", "2"]) == 0
     got = labels.read_labels(out)
     assert (got["bins"] == -1).sum() <= 2 and np.bincount(got["bins"][got["bins"] >= 0]).max() <= 3
     assert got["attrs"]["stride"] == 2 and got["attrs"]["pairs_per_bin"] == 3
     with pytest.raises(SystemExit):
-        labels.main(["--help"])
+        vop_main(["labels", "--help"])

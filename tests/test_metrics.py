@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 
 from vop import metrics
-from vop.io import GroundTruth, write_gt, write_pairs
+from vop.cli import main as vop_main
+from vop.io import POSE_COLUMNS, GroundTruth, write_gt, write_pairs
 from vop.metrics import best_pair_errors, pose_auc, retrieval_recall, summarize
-from vop.pose import POSE_COLUMNS
-
 
 # ---------------------------------------------------------------------------------------------------
 # AUC
@@ -223,7 +222,7 @@ def test_summarize_cli_and_no_overlap(tmp_path):
     entries_json = tmp_path / "entries.json"
     entries_json.write_text(json.dumps([entry]))
     out = tmp_path / "auc.csv"
-    metrics.main(["summarize", "--entries", str(entries_json), "--output", str(out)])
+    assert vop_main(["table", "--entries", str(entries_json), "--out", str(out)]) == 0
     table = pd.read_csv(out, keep_default_na=False)
     assert table["scene"].tolist() == ["posed_only", "ALL"]
     # No overlap in the ground truth: recall is left empty, never a made-up number.

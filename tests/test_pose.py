@@ -7,18 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vop import pose
-from vop.io import GroundTruth, write_gt, write_pairs
-from vop.pose import (
-    ESTIMATORS,
-    estimate_poses,
-    estimate_relative_pose,
-    estimate_relative_pose_sweep,
-    extract_local_features,
-    match_descriptors,
-    relative_pose_error,
-    sampson_error_px,
-)
+from vop.cli import main as vop_main
+from vop.conf import LocalFeaturesConf, PoseConf
+from vop.estimation import ESTIMATORS, estimate_relative_pose, estimate_relative_pose_sweep
+from vop.geometry import relative_pose_error, sampson_error_px
+from vop.io import POSE_COLUMNS, GroundTruth, write_gt, write_pairs
+from vop.local_features import extract_local_features
+from vop.matching import match_descriptors
+from vop.pose import estimate_poses
 
 MARY_ROSE = Path(__file__).parents[2] / "shared" / "data" / "mary_rose"
 
@@ -192,10 +188,10 @@ def test_match_descriptors_equals_brute_force():
 
 def test_match_descriptors_edge_cases():
     d = np.eye(4, 8, dtype=np.float32)
-    assert match_descriptors(d, np.zeros((0, 8), np.float32)).shape == (0, 2)
-    assert match_descriptors(np.zeros((0, 8), np.float32), d).shape == (0, 2)
+    assert match_descriptors(d, np.zeros((0, 8), np.float32), 0.8).shape == (0, 2)
+    assert match_descriptors(np.zeros((0, 8), np.float32), d, 0.8).shape == (0, 2)
     # One candidate only: the ratio test has no second neighbour and cannot reject.
-    np.testing.assert_array_equal(match_descriptors(d, d[2:3]), [[2, 0]])
+    np.testing.assert_array_equal(match_descriptors(d, d[2:3], 0.8), [[2, 0]])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,7 +223,7 @@ def small_scene(tmp_path):
 def test_extract_layout_and_textureless(small_scene):
     root, images, names, _ = small_scene
     out = root / "local.h5"
-    extract_local_features(images, names, out, max_keypoints=300, num_workers=2)
+    extract_local_features(images, names, out, LocalFeaturesConf(max_keypoints=300), num_workers=2)
     with h5py.File(out, "r") as f:
         g = f["sub/tex0.png"]
         n = len(g["keypoints"])
@@ -241,8 +237,9 @@ def test_extract_layout_and_textureless(small_scene):
 
 def test_extract_rescales_keypoints_to_original_pixels(small_scene):
     root, images, names, _ = small_scene
-    extract_local_features(images, names[:1], root / "full.h5", resize_max=None, num_workers=1)
-    extract_local_features(images, names[:1], root / "small.h5", resize_max=160, num_workers=1)
+    extract_local_features(images, names[:1], root / "full.h5", LocalFeaturesConf(resize_max=None),
+                           num_workers=1)
+    extract_local_features(images, names[:1], root / "small.h5", LocalFeaturesConf(resize_max=160), num_workers=1)
     with h5py.File(root / "small.h5", "r") as f:
         kpts = f[names[0]]["keypoints"][()]
         assert list(f[names[0]]["image_size"][()]) == [320, 240]
@@ -264,8 +261,8 @@ def test_extract_keypoints_on_blob_centres(tmp_path, extractor):
     # OpenCV's half-resolution offset and COLMAP's corner origin are corrected.
     centres = [(100.0, 80.0), (200.3, 150.7), (60.5, 190.0)]
     cv2.imwrite(str(tmp_path / "blobs.png"), blobs(centres, 4.0))
-    extract_local_features(tmp_path, ["blobs.png"], tmp_path / "f.h5", max_keypoints=50, resize_max=None,
-                           num_workers=1, extractor=extractor)
+    extract_local_features(tmp_path, ["blobs.png"], tmp_path / "f.h5",
+                           LocalFeaturesConf(max_keypoints=50, resize_max=None, extractor=extractor), num_workers=1)
     with h5py.File(tmp_path / "f.h5", "r") as f:
         kpts = f["blobs.png"]["keypoints"][()]
         desc = f["blobs.png"]["descriptors"][()].astype(np.float32)
@@ -277,13 +274,13 @@ def test_extract_keypoints_on_blob_centres(tmp_path, extractor):
 
 def test_extract_pycolmap_budget_and_unknown_extractor(small_scene):
     root, images, names, _ = small_scene
-    extract_local_features(images, names, root / "colmap.h5", max_keypoints=100, num_workers=2,
-                           extractor="pycolmap")
+    conf = LocalFeaturesConf(max_keypoints=100, extractor="pycolmap")
+    extract_local_features(images, names, root / "colmap.h5", conf, num_workers=2)
     with h5py.File(root / "colmap.h5", "r") as f:
         assert 50 < len(f["sub/tex0.png"]["keypoints"]) <= 100
         assert f["sub/tex0.png"]["descriptors"].shape[0] == 128 and len(f["grey.png"]["keypoints"]) == 0
     with pytest.raises(ValueError, match="'orb'.*pycolmap"):
-        extract_local_features(images, names, root / "x.h5", extractor="orb")
+        extract_local_features(images, names, root / "x.h5", LocalFeaturesConf(extractor="orb"))
 
 
 def test_extract_bad_images_name_the_file(small_scene, tmp_path):
@@ -302,7 +299,7 @@ def test_estimate_poses_textureless_pair_fails_without_dropping(small_scene):
     pairs = [("grey.png", "tex1.png"), ("sub/tex0.png", "tex1.png"), ("tex1.png", "grey.png")]
     rows = estimate_poses(pairs, gt, root / "local.h5", root / "pose.csv", num_workers=2)
     df = pd.read_csv(root / "pose.csv")
-    assert list(df.columns) == pose.POSE_COLUMNS
+    assert list(df.columns) == POSE_COLUMNS
     assert list(zip(df["query"], df["db"])) == pairs  # input order, nothing dropped
     for i in (0, 2):
         assert df.loc[i, "num_matches"] == 0 and df.loc[i, "num_inliers"] == 0
@@ -317,8 +314,9 @@ def test_estimate_poses_workers_give_the_rows_of_one_thread(small_scene, estimat
     extract_local_features(images, names, root / "local.h5", num_workers=1)
     # Many pairs so that the pool gets several chunks; failing pairs among them keep their place.
     pairs = [("sub/tex0.png", "tex1.png"), ("grey.png", "tex1.png"), ("tex1.png", "sub/tex0.png")] * 7
-    one = estimate_poses(pairs, gt, root / "local.h5", root / "one.csv", estimator=estimator, num_workers=1)
-    two = estimate_poses(pairs, gt, root / "local.h5", root / "two.csv", estimator=estimator, num_workers=2)
+    conf = PoseConf(estimator=estimator)
+    one = estimate_poses(pairs, gt, root / "local.h5", root / "one.csv", conf, num_workers=1)
+    two = estimate_poses(pairs, gt, root / "local.h5", root / "two.csv", conf, num_workers=2)
     assert [tuple(r[:2]) for r in two] == pairs
     assert pd.read_csv(root / "one.csv").equals(pd.read_csv(root / "two.csv"))
     assert [r[3] for r in one[:3]] == [r[3] for r in one[3:6]]  # deterministic per pair
@@ -343,12 +341,12 @@ def test_estimate_poses_image_size_mismatch(small_scene):
 
 def test_cli_extract_and_estimate(small_scene):
     root, images, names, _ = small_scene
-    pose.main(["extract", "--image_dir", str(images), "--gt", str(root / "gt.h5"),
-               "--output", str(root / "cli.h5"), "--workers", "1"])
+    assert vop_main(["local-features", "--image-dir", str(images), "--names-from", str(root / "gt.h5"),
+                     "--out", str(root / "cli.h5"), "--workers", "1"]) == 0
     write_pairs(root / "pairs.txt", [("sub/tex0.png", "tex1.png"), ("grey.png", "tex1.png")])
-    pose.main(["estimate", "--pairs", str(root / "pairs.txt"), "--gt", str(root / "gt.h5"),
-               "--features", str(root / "cli.h5"), "--output", str(root / "pose.csv"), "--workers", "1",
-               "--estimator", "poselib", "--thresholds", "1.0", "2.5"])
+    assert vop_main(["pose", "--pairs", str(root / "pairs.txt"), "--gt", str(root / "gt.h5"),
+                     "--local-features", str(root / "cli.h5"), "--out", str(root / "pose.csv"), "--workers", "1",
+                     "--estimator", "poselib", "--threshold-px", "1.0", "2.5"]) == 0
     df = pd.read_csv(root / "pose.csv")
     assert df["query"].tolist() == ["sub/tex0.png", "grey.png"]
     assert df["threshold"].iloc[0] in (1.0, 2.5) and df["num_inliers"].iloc[0] > 20

@@ -160,7 +160,7 @@ def test_killed_run_resumes_to_the_uninterrupted_table(tmp_path):
     # what a user does after a crash: release the lock, then the same command again
     snakemake(killed, "--unlock")
     out = snakemake(killed, TARGET)
-    assert "rule train_encoder:" in out and "rule synthetic_scene:" not in out  # finished jobs are kept
+    assert "rule train_encoder:" in out and "rule generate_scene:" not in out  # finished jobs are kept
     assert_nothing_half_written(killed)
     assert_nothing_half_written(reference)
     pd.testing.assert_frame_equal(pd.read_csv(killed / TARGET), pd.read_csv(reference / TARGET))

@@ -5,8 +5,14 @@ import h5py
 import numpy as np
 import pytest
 
-from vop import io, reference, retrieval
-from vop.retrieval import PatchStore
+from vop import io, prefilter, reference, retrieval, voting
+from vop.conf import ClsConf, OracleConf, RandomConf, VopConf, method_conf
+from vop.datasets import split_queries
+from vop.voting import PatchStore
+
+
+def vop_conf(**kwargs) -> VopConf:
+    return VopConf(encoder="identity", **kwargs)
 
 
 def brute_force_votes(query, candidates, tau, tfidf):
@@ -62,7 +68,7 @@ def test_votes_equal_brute_force(tfidf, tau):
     query = unit(rng.normal(size=(1, 12, 6)))
     cands = unit(rng.normal(size=(5, 12, 6)))
     cands[2, 3] = query[0, 4]  # an exact match: similarity 1
-    got = retrieval.vote_scores(store(query), store(cands), np.arange(5)[None], tau, tfidf)[0]
+    got = voting.vote_scores(store(query), store(cands), np.arange(5)[None], tau, tfidf)[0]
     np.testing.assert_allclose(got, brute_force_votes(query[0], cands, tau, tfidf), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(reference.votes_one_query(query[0], cands, tau, tfidf), got, rtol=1e-5, atol=1e-5)
 
@@ -71,7 +77,7 @@ def test_tfidf_ignores_patches_that_match_every_candidate():
     # A query patch similar to a patch of every candidate carries no information: log(P/m_p) = 0.
     q = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)
     cands = np.array([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]], np.float32)
-    scores = retrieval.vote_scores(store(q), store(cands), np.array([[0, 1]]), 0.5, True)[0]
+    scores = voting.vote_scores(store(q), store(cands), np.array([[0, 1]]), 0.5, True)[0]
     # patch 0 matches both candidates (weight 0); patch 1 matches only candidate 1: n_p=1, w=1/2*log(2)
     np.testing.assert_allclose(scores, [0.0, 0.5 * math.log(2)], rtol=1e-6)
 
@@ -81,10 +87,10 @@ def test_tfidf_ignores_patches_that_match_every_candidate():
 def test_batched_register_votes_equal_per_query_reference(tfidf, chunk_size, blocks_per_batch):
     glob, patches = scene_with_ties()
     tau = 0.5
-    cand, _ = retrieval.prefilter(glob, glob, 9, exclude=np.arange(len(glob)))
+    cand, _ = prefilter.prefilter(glob, glob, 9, exclude=np.arange(len(glob)))
     s = store(patches, chunk_size=chunk_size)
-    shared = retrieval.vote_scores(s, s, cand, tau, tfidf, shared=True, blocks_per_batch=blocks_per_batch)
-    unshared = retrieval.vote_scores(s, s, cand, tau, tfidf, blocks_per_batch=blocks_per_batch)
+    shared = voting.vote_scores(s, s, cand, tau, tfidf, shared=True, blocks_per_batch=blocks_per_batch)
+    unshared = voting.vote_scores(s, s, cand, tau, tfidf, blocks_per_batch=blocks_per_batch)
     want = np.stack([reference.votes_one_query(patches[q], patches[cand[q]], tau, tfidf) for q in range(len(glob))])
     np.testing.assert_allclose(shared, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(unshared, want, rtol=1e-5, atol=1e-5)
@@ -93,9 +99,9 @@ def test_batched_register_votes_equal_per_query_reference(tfidf, chunk_size, blo
 
 def test_register_chunks_are_loaded_a_few_times_each():
     glob, patches = scene_with_ties(n=40)
-    cand, _ = retrieval.prefilter(glob, glob, 10, exclude=np.arange(40))
+    cand, _ = prefilter.prefilter(glob, glob, 10, exclude=np.arange(40))
     s = store(patches, chunk_size=10)
-    retrieval.vote_scores(s, s, cand, 0.5, True, shared=True)
+    voting.vote_scores(s, s, cand, 0.5, True, shared=True)
     # 4 chunks, tiles (i <= j) visited row by row with 2 chunks cached: 0,1,2,3 then 1,2 (at most 2 reloads
     # per row chunk); never once per pair.
     assert 4 <= s.chunk_loads <= 4 + 2 * 3
@@ -104,7 +110,8 @@ def test_register_chunks_are_loaded_a_few_times_each():
 @pytest.mark.parametrize("tfidf", [True, False])
 def test_vop_pairs_equal_reference_register_mode(tfidf):
     glob, patches = scene_with_ties()
-    ranking = retrieval.retrieve_vop(glob, patches, k=4, prefilter_size=9, radius=0.5, tfidf=tfidf, chunk_size=8)
+    conf = vop_conf(k=4, prefilter=9, radius=0.5, tfidf=tfidf, chunk_images=8)
+    ranking = retrieval.retrieve_vop(conf, glob, patches)
     want = reference.retrieve_vop(glob, patches, np.arange(30), np.arange(30), 4, 9, 0.5, tfidf)
     assert [list(d) for d in ranking.db] == [dbs for _, dbs, _ in want]
     np.testing.assert_allclose(ranking.score, [v for _, _, v in want], rtol=1e-5, atol=1e-6)
@@ -113,8 +120,8 @@ def test_vop_pairs_equal_reference_register_mode(tfidf):
 def test_vop_retrieve_mode_equals_reference_and_never_returns_queries():
     glob, patches = scene_with_ties()
     queries, database = np.arange(0, 30, 3), np.setdiff1d(np.arange(30), np.arange(0, 30, 3))
-    ranking = retrieval.retrieve_vop(glob, patches, k=3, prefilter_size=6, radius=0.5, queries=queries,
-                                     database=database, chunk_size=5)
+    conf = vop_conf(k=3, prefilter=6, radius=0.5, chunk_images=5)
+    ranking = retrieval.retrieve_vop(conf, glob, patches, queries=queries, database=database)
     want = reference.retrieve_vop(glob, patches, queries, database, 3, 6, 0.5, True)
     assert list(ranking.queries) == list(queries)
     assert [list(d) for d in ranking.db] == [dbs for _, dbs, _ in want]
@@ -124,7 +131,7 @@ def test_vop_retrieve_mode_equals_reference_and_never_returns_queries():
 
 def test_duplicate_images_tie_by_prefilter_order_and_query_is_excluded():
     glob, patches = scene_with_ties()
-    ranking = retrieval.retrieve_vop(glob, patches, k=3, prefilter_size=9, radius=0.5)
+    ranking = retrieval.retrieve_vop(vop_conf(k=3, prefilter=9, radius=0.5), glob, patches)
     # Image 3's duplicates 7 and 12 are its best matches; the query itself is never returned.
     assert set(ranking.db[3][:2]) == {7, 12}
     assert all(q not in d for q, d in zip(ranking.queries, ranking.db))
@@ -138,8 +145,8 @@ def test_duplicate_images_tie_by_prefilter_order_and_query_is_excluded():
 def test_tight_radius_falls_back_to_prefilter_order_and_says_so():
     glob, patches = scene_with_ties()
     # radius 0.001 -> tau 0.999: no two random patches are that similar (the duplicates are, for 3, 7, 12)
-    ranking = retrieval.retrieve_vop(glob, patches, k=3, prefilter_size=5, radius=0.001)
-    cls = retrieval.retrieve_cls(glob, k=3)
+    ranking = retrieval.retrieve_vop(vop_conf(k=3, prefilter=5, radius=0.001), glob, patches)
+    cls = retrieval.retrieve_cls(ClsConf(k=3), glob)
     no_votes = [q for q in range(30) if q not in (3, 7, 12)]
     for q in no_votes:
         np.testing.assert_array_equal(ranking.db[q], cls.db[q])
@@ -153,13 +160,13 @@ def test_vop_reranks_by_patch_overlap():
     patches[5, :10] = patches[0, :10]  # image 5 shares 10 patches with image 0
     patches[3, :4] = patches[0, 6:10]  # image 3 shares 4
     glob = np.ones((n, d), np.float32) + rng.normal(scale=1e-3, size=(n, d)).astype(np.float32)
-    ranking = retrieval.retrieve_vop(glob, patches, k=2, prefilter_size=7, radius=0.2, tfidf=True)
+    ranking = retrieval.retrieve_vop(vop_conf(k=2, prefilter=7, radius=0.2, tfidf=True), glob, patches)
     assert list(ranking.db[0]) == [5, 3]
 
 
 def test_cls_excludes_query_and_sorts():
     glob = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.5, 0.5]], np.float32)
-    r = retrieval.retrieve_cls(glob, k=2)
+    r = retrieval.retrieve_cls(ClsConf(k=2), glob)
     assert list(r.db[0]) == [1, 3]
     assert list(r.db[2]) == [3, 1]
 
@@ -168,9 +175,9 @@ def test_ivf_prefilter_above_threshold_finds_the_exact_neighbours():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(60, 32))
     desc = unit(centres[rng.integers(0, 60, 3000)] + rng.normal(scale=0.4, size=(3000, 32)))
-    assert isinstance(retrieval.build_index(desc, ivf_min_images=1000), __import__("faiss").IndexIVFFlat)
-    exact, _ = retrieval.prefilter(desc[:200], desc, 10, exclude=np.arange(200))
-    approx, sim = retrieval.prefilter(desc[:200], desc, 10, exclude=np.arange(200), ivf_min_images=1000, nprobe=16)
+    assert isinstance(prefilter.build_index(desc, ivf_min_images=1000), __import__("faiss").IndexIVFFlat)
+    exact, _ = prefilter.prefilter(desc[:200], desc, 10, exclude=np.arange(200))
+    approx, sim = prefilter.prefilter(desc[:200], desc, 10, exclude=np.arange(200), ivf_min_images=1000, ivf_nprobe=16)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall > 0.95
     assert not (approx == np.arange(200)[:, None]).any()
@@ -179,55 +186,55 @@ def test_ivf_prefilter_above_threshold_finds_the_exact_neighbours():
 
 def test_oracle_and_random():
     ov = np.array([[1, 0.2, 0.9], [0.2, 1, 0.1], [0.9, 0.1, 1]], np.float32)
-    r = retrieval.retrieve_oracle(ov, k=1)
+    r = retrieval.retrieve_oracle(OracleConf(k=1), ov)
     assert [list(d) for d in r.db] == [[2], [0], [0]]
-    a = retrieval.retrieve_random(10, 3, seed=4, scene="s")
-    b = retrieval.retrieve_random(10, 3, seed=4, scene="s")
-    c = retrieval.retrieve_random(10, 3, seed=5, scene="s")
+    a = retrieval.retrieve_random(RandomConf(k=3, seed=4), 10, scene="s")
+    b = retrieval.retrieve_random(RandomConf(k=3, seed=4), 10, scene="s")
+    c = retrieval.retrieve_random(RandomConf(k=3, seed=5), 10, scene="s")
     assert (a.db == b.db).all() and (a.db != c.db).any()
     assert all(q not in d for q, d in zip(a.queries, a.db))
     with pytest.raises(ValueError, match="no 3D points|none"):
-        retrieval.retrieve_oracle(None, 1, scene="x")
+        retrieval.retrieve_oracle(OracleConf(k=1), None, scene="x")
 
 
 def test_retrieve_mode_oracle_and_random_use_the_database_only():
     ov = np.random.default_rng(0).uniform(size=(6, 6))
     queries, database = np.array([0, 1]), np.array([2, 3, 4, 5])
-    r = retrieval.retrieve_oracle(ov, 2, queries, database)
+    r = retrieval.retrieve_oracle(OracleConf(k=2), ov, queries, database)
     assert [list(d) for d in r.db] == [list(database[np.argsort(-ov[q, database])[:2]]) for q in queries]
-    rnd = retrieval.retrieve_random(6, 4, 0, queries, database)
+    rnd = retrieval.retrieve_random(RandomConf(k=4), 6, queries, database)
     assert all(sorted(d) == [2, 3, 4, 5] for d in rnd.db)
 
 
 def test_k_and_prefilter_larger_than_scene_are_clamped_and_one_image_scene_fails():
     glob = unit(np.random.default_rng(0).normal(size=(3, 4)))
-    r = retrieval.retrieve_cls(glob, k=10)
+    r = retrieval.retrieve_cls(ClsConf(k=10), glob)
     assert r.db.shape == (3, 2) and r.info["k_clamped"] == 2
     patches = unit(np.random.default_rng(1).normal(size=(3, 5, 4)))
-    v = retrieval.retrieve_vop(glob, patches, k=10, prefilter_size=20, radius=0.5)
+    v = retrieval.retrieve_vop(vop_conf(k=10, prefilter=20, radius=0.5), glob, patches)
     assert v.db.shape == (3, 2) and v.info["k_clamped"] == 2 and v.info["prefilter_clamped"] == 2
     with pytest.raises(ValueError, match="scene 'lonely' has 1 image"):
-        retrieval.retrieve_cls(glob[:1], k=1, scene="lonely")
+        retrieval.retrieve_cls(ClsConf(k=1), glob[:1], scene="lonely")
     with pytest.raises(ValueError, match="scene 'lonely' has 1 image"):
-        retrieval.retrieve_vop(glob[:1], patches[:1], k=1, prefilter_size=1, scene="lonely")
+        retrieval.retrieve_vop(vop_conf(k=1, prefilter=1), glob[:1], patches[:1], scene="lonely")
 
 
 def test_split_queries_by_glob():
     names = ["query/iphone7/a.jpg", "database/cutouts/b.jpg", "query/iphone7/c.jpg", "database/cutouts/d.jpg"]
-    q, d = retrieval.split_queries(names, "retrieve", "query/*")
+    q, d = split_queries(names, "retrieve", "query/*")
     assert list(q) == [0, 2] and list(d) == [1, 3]
-    q, d = retrieval.split_queries(names, "register")
+    q, d = split_queries(names, "register")
     assert list(q) == list(d) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="matches 0 of 4 images"):
-        retrieval.split_queries(names, "retrieve", "queries/*", scene="s")
+        split_queries(names, "retrieve", "queries/*", scene="s")
     with pytest.raises(ValueError, match="needs the dataset's `queries`"):
-        retrieval.split_queries(names, "retrieve", None)
+        split_queries(names, "retrieve", None)
 
 
 def test_auto_radius_is_rounded_median():
     rng = np.random.default_rng(3)
     patches = unit(rng.normal(size=(20, 16, 8)) + 2.0)
-    radius, median = retrieval.auto_radius(store(patches), seed=0, num_samples=20000)
+    radius, median = voting.auto_radius(store(patches), seed=0, num_samples=20000)
     assert radius == pytest.approx(round(median, 1))
     assert 0.1 <= radius <= 1.0
 
@@ -254,8 +261,8 @@ def test_h5_store_streams_float16_chunks_and_matches_the_array(tmp_path):
     with h5py.File(tmp_path / "emb.h5") as f:
         assert f[names[0]]["patch_descriptors"].dtype == np.float16  # stored half precision, read as float32
     np.testing.assert_array_equal(h5_store.read(np.array([2, 3])), raw[[2, 3]].astype(np.float32))
-    a = retrieval.retrieve_vop(glob, h5_store, k=3, prefilter_size=6, radius=0.6)
-    b = retrieval.retrieve_vop(glob, raw.astype(np.float32), k=3, prefilter_size=6, radius=0.6)
+    a = retrieval.retrieve_vop(vop_conf(k=3, prefilter=6, radius=0.6), glob, h5_store)
+    b = retrieval.retrieve_vop(vop_conf(k=3, prefilter=6, radius=0.6), glob, raw.astype(np.float32))
     assert (a.db == b.db).all()
     np.testing.assert_allclose(a.score, b.score, rtol=1e-6)
     with pytest.raises(KeyError, match="missing"):
@@ -264,7 +271,7 @@ def test_h5_store_streams_float16_chunks_and_matches_the_array(tmp_path):
 
 def test_run_method_writes_contract_files(tmp_path):
     names = write_scene(tmp_path)
-    method = {"type": "vop", "k": 2, "prefilter": 3, "radius": "auto", "tfidf": True, "encoder": "e"}
+    method = method_conf({"type": "vop", "k": 2, "prefilter": 3, "radius": "auto", "tfidf": True, "encoder": "e"})
     retrieval.run_method(method, "s", tmp_path / "gt.h5", tmp_path / "out", embeddings_h5=tmp_path / "emb.h5")
     pairs = io.read_pairs(tmp_path / "out" / "pairs.txt")
     assert [q for q, _ in pairs] == [n for n in names for _ in range(2)]
@@ -281,7 +288,7 @@ def test_run_method_writes_contract_files(tmp_path):
 
 def test_run_method_retrieve_mode(tmp_path):
     write_scene(tmp_path, n=6)
-    method = {"type": "cls", "k": 2}
+    method = method_conf({"type": "cls", "k": 2})
     retrieval.run_method(method, "s", tmp_path / "gt.h5", tmp_path / "out", features_h5=tmp_path / "emb.h5",
                          mode="retrieve", queries="img_[01].jpg")
     pairs = io.read_pairs(tmp_path / "out" / "pairs.txt")

@@ -298,7 +298,7 @@ def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
     rules = jobs["comment"].str.extract(r"^rule_([a-z_]+?)(?:_wildcards_.*)?$")[0]
     per_rule = rules.value_counts().to_dict()
     # one job per scene and stage (2 scenes), per method (3), the encoder once; the table is a local rule
-    assert per_rule == {"synthetic_scene": 2, "ground_truth": 2, "features": 2, "patch_labels": 1,
+    assert per_rule == {"generate_scene": 2, "ground_truth": 2, "features": 2, "patch_labels": 1,
                         "train_encoder": 1, "embeddings": 1, "retrieve": 3, "local_features": 1, "pose": 3}
     # sbatch got each rule's threads and mem_mb
     for rule, cpus, memory in zip(rules, jobs["cpus"], jobs["memory"]):

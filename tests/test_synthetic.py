@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
+from vop.cli import main as vop_main
 from vop.datasets import colmap, eth3d, synthetic
 
 WIDTH, HEIGHT, NUM_IMAGES = 160, 120, 6
@@ -33,13 +34,15 @@ def test_points_project_onto_their_rendered_depth(scene_dir):
     checked = 0
     for i, name in enumerate(gt.names):
         image = next(im for im in model.images.values() if im.name == name)
-        assert len(image.point3D_ids) > 0
+        ids = [p.point3D_id for p in image.points2D if p.has_point3D()]
+        xys = np.array([p.xy for p in image.points2D if p.has_point3D()])
+        assert len(ids) > 0
         depth = eth3d.read_depth(out / synthetic.DEPTH_DIR / name.split("/")[-1], WIDTH, HEIGHT)
-        xyz = np.stack([xyz_by_id[pid] for pid in image.point3D_ids])
+        xyz = np.stack([xyz_by_id[pid] for pid in ids])
         cam = xyz @ gt.T_w2cam[i][:3, :3].T + gt.T_w2cam[i][:3, 3]
         assert (cam[:, 2] > 0).all()
         uv = cam[:, :2] / cam[:, 2:] @ gt.K[i][:2, :2].T + gt.K[i][:2, 2]
-        np.testing.assert_allclose(uv, image.xys, atol=1e-6)  # the stored observation is the projection
+        np.testing.assert_allclose(uv, xys, atol=1e-6)  # the stored observation is the projection
         col, row = np.floor(uv).astype(int).T
         assert ((col >= 0) & (col < WIDTH) & (row >= 0) & (row < HEIGHT)).all()
         rel_err = np.abs(depth[row, col] - cam[:, 2]) / cam[:, 2]
@@ -80,18 +83,18 @@ def test_depth_is_the_nearest_surface(scene_dir):
 def test_tracks_match_observations(scene_dir):
     _, out = scene_dir
     model = colmap.read_model(out / synthetic.MODEL_DIR)
-    for p in model.points3D.values():
-        assert len(p.image_ids) >= 1
-        for image_id, idx in zip(p.image_ids, p.point2D_idxs):
-            assert model.images[image_id].point3D_ids[idx] == p.id
-    assert all(c.model == "PINHOLE" and (c.width, c.height) == (WIDTH, HEIGHT) for c in model.cameras.values())
+    for pid, p in model.points3D.items():
+        assert p.track.length() >= 1
+        for element in p.track.elements:
+            assert model.images[element.image_id].points2D[element.point2D_idx].point3D_id == pid
+    assert all(c.model.name == "PINHOLE" and (c.width, c.height) == (WIDTH, HEIGHT) for c in model.cameras.values())
 
 
 def test_same_seed_same_bytes_other_seed_differs(scene_dir, tmp_path):
     _, out = scene_dir
     synthetic.generate_scene(tmp_path / "again", seed=0, num_images=NUM_IMAGES, width=WIDTH, height=HEIGHT)
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert len(files) == 3 + 2 * NUM_IMAGES
+    assert len(files) == 5 + 2 * NUM_IMAGES  # COLMAP's cameras, images, points3D, rigs and frames
     assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
     for f in files:
         assert (out / f).read_bytes() == (tmp_path / "again" / f).read_bytes(), f
@@ -143,8 +146,8 @@ def test_texture_lists_are_disjoint_and_offline():
 
 
 def test_cli_train_textures(tmp_path):
-    synthetic.main([str(tmp_path / "s"), "--seed", "5", "--num-images", "2", "--width", "48", "--height", "32",
-                    "--textures", "train", "--quiet"])
+    assert vop_main(["generate", str(tmp_path / "s"), "--seed", "5", "--num-images", "2", "--width", "48",
+                     "--height", "32", "--textures", "train"]) == 0
     gt = colmap.ground_truth_from_model(colmap.read_model(tmp_path / "s" / synthetic.MODEL_DIR))
     assert gt.names == ["dslr_images_undistorted/IMG_0000.JPG", "dslr_images_undistorted/IMG_0001.JPG"]
     np.testing.assert_array_equal(gt.image_size, [[48, 32], [48, 32]])

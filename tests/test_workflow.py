@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from vop import io, reference
+from vop.cli import main as vop_main
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -158,7 +159,7 @@ def test_config_typo_is_rejected(tmp_path):
 def test_vop_pairs_equal_the_independent_reference(tiny_run, capsys):
     # Every scene's vop pairs, recomputed from embeddings-*.h5 and retrieval.json by vop.reference
     # (exact prefilter, a faiss range search per query and loops over patches).
-    assert reference.main([str(tiny_run / "results/tiny")]) == 0
+    assert vop_main(["check", str(tiny_run / "results/tiny")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all("24 pairs equal" in line for line in lines)
 

@@ -9,14 +9,13 @@ corrupt archive is deleted with a clear error; nothing half-written keeps the fi
 Extraction refuses the whole archive when a member would land outside the target (absolute paths, `..`)
 or is a link or a special file; it writes into a temporary folder beside the target, renamed at the end.
 
-    python -m vop.download fetch URL DEST [--config-key datasets.eth3d.root]
-    python -m vop.download verify ARCHIVE
-    python -m vop.download extract ARCHIVE TARGET [--member-prefix ETH3D_undistorted/courtyard/]
+    vop download URL DEST [--config-key datasets.eth3d.root]
+    vop verify ARCHIVE
+    vop extract ARCHIVE TARGET [--member-prefix ETH3D_undistorted/courtyard/]
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import logging
 import os
@@ -310,32 +309,3 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("%s: extracted %d files to %s", archive, count, final)
     return final
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vop.download", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="download (resumable) and verify")
-    fetch.add_argument("url")
-    fetch.add_argument("dest", type=Path)
-    fetch.add_argument("--config-key", default=None, help="config key that skips the download, for messages")
-    fetch.add_argument("--timeout", type=float, default=60.0)
-    ver = sub.add_parser("verify", help="test an archive (zip CRCs, full tar read)")
-    ver.add_argument("archive", type=Path)
-    ex = sub.add_parser("extract", help="extract an archive safely")
-    ex.add_argument("archive", type=Path)
-    ex.add_argument("target", type=Path)
-    ex.add_argument("--member-prefix", default="")
-    ex.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.command == "fetch":
-        download(args.url, args.dest, args.config_key, args.timeout)
-    elif args.command == "verify":
-        verify_archive(args.archive)
-    else:
-        extract(args.archive, args.target, args.member_prefix, args.overwrite)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,17 +6,14 @@ plus a learned encoding of the patch-centre position. Its checkpoint is either o
 or the published glue-factory one (the matcher's `input_proj` / `keypoint_encoder`).
 The output keeps the keys of the features file (DESIGN.md, "embeddings").
 
-    python -m vop.encoder apply --features features.h5 --out embeddings.h5 --type vop --checkpoint vop.pth
-    python -m vop.encoder train --scene features.h5 labels.h5 --backbone dense_sift --out vop.pth
+    vop embeddings --features features.h5 --out embeddings.h5 --type vop --checkpoint vop.pth
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import pickle
 import re
-import sys
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,37 +23,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import io
-from .utils import l2_normalize, setup_logging
+from vop import io
+from vop.backbones import TOKEN_DIMS
+from vop.conf import EncoderConf, TrainConf
+from vop.grid import IMAGE_SIZE
+from vop.utils import l2_normalize, resolve_device
 
 logger = logging.getLogger(__name__)
 
 ENCODERS = ("identity", "vop")
 
-# Token width of each backbone (vop.backbones); a checkpoint only fits tokens of its own width.
-BACKBONE_DIMS = {
-    "dense_sift": 128,
-    "dinov2_vits14": 384,
-    "dinov2_vitb14": 768,
-    "dinov2_vitl14": 1024,
-    "dinov2_vitg14": 1536,
-}
-IMAGE_SIZE = 224  # keypoints are patch centres in the 224x224 resized image (vop.features)
-GRID = 16
-
 
 def _describe_dim(dim: int) -> str:
-    names = [name for name, d in BACKBONE_DIMS.items() if d == dim]
+    names = [name for name, d in TOKEN_DIMS.items() if d == dim]
     return f"{dim}-d tokens ({names[0]})" if names else f"{dim}-d tokens (no known backbone)"
 
 
 def check_backbone(in_dim: int, backbone: str | None, source: str | Path) -> None:
     """Raise if `backbone`'s tokens do not have the width `in_dim` that `source` expects."""
-    if backbone is None or backbone not in BACKBONE_DIMS or BACKBONE_DIMS[backbone] == in_dim:
+    if backbone is None or backbone not in TOKEN_DIMS or TOKEN_DIMS[backbone] == in_dim:
         return
     raise ValueError(
         f"{source}: checkpoint expects {_describe_dim(in_dim)} but the backbone is {backbone} "
-        f"({BACKBONE_DIMS[backbone]}-d); use the features of the backbone the encoder was trained on "
+        f"({TOKEN_DIMS[backbone]}-d); use the features of the backbone the encoder was trained on "
         f"or an encoder trained on {backbone}"
     )
 
@@ -78,9 +67,9 @@ class VOPEncoder(nn.Module):
     def __init__(
         self,
         in_dim: int,
-        out_dim: int = 256,
+        out_dim: int = TrainConf.out_dim,
         hidden_dims: Sequence[int] | None = None,
-        dropout: float = 0.1,
+        dropout: float = TrainConf.dropout,
         keypoint_dropout: bool = False,
     ):
         super().__init__()
@@ -133,12 +122,6 @@ class VOPEncoder(nn.Module):
         return self.dropout(self.input_proj(tokens.to(dtype)) + encoded)
 
 
-def mirror_patch_indices(index, grid: int = GRID):
-    """Patch index row*grid+col -> its index in the horizontally mirrored image: row*grid+(grid-1-col)."""
-    row, col = divmod(index, grid)
-    return row * grid + (grid - 1 - col)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -161,7 +144,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
     """torch.load(weights_only=True) with errors that name the file and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder checkpoint not found; train one (vop.encoder train) or fix the path")
+        raise FileNotFoundError(f"{path}: encoder checkpoint not found; train one (vop train) or fix the path")
     with open(path, "rb") as f:
         head = f.read(2)
     # torch.save writes a zip archive; files of torch < 1.6 are a pickle (protocol 2: 0x80 0x02).
@@ -397,29 +380,20 @@ def _vop_groups(
                 )
 
 
-class _StreamedGroups:
-    """Hands a generator to io.write_image_groups as {name: groups}.items(): written while computed."""
+def apply_encoder(features_h5: str | Path, out_h5: str | Path, conf: EncoderConf,
+                  checkpoint: str | Path | None = None, names: list[str] | None = None,
+                  device: str | None = None) -> None:
+    """Write embeddings-{encoder}.h5 from features-{backbone}.h5 with a configured encoder.
 
-    def __init__(self, groups: Iterator[tuple[str, dict[str, np.ndarray]]]):
-        self._groups = groups
-
-    def items(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        return self._groups
-
-
-def apply_encoder(features_h5: str | Path, out_h5: str | Path, encoder: dict, names: list[str] | None = None) -> None:
-    """Write embeddings-{encoder}.h5 from features-{backbone}.h5 with a configured encoder entry.
-
-    `encoder`: {"type": "identity"} or {"type": "vop", "checkpoint": path, optional "backbone"
-    (checked against the checkpoint), "batch_size" (images per forward pass), "device"}.
+    `checkpoint` (type vop): the trained or published weights; default `conf.checkpoint`. `conf.backbone`
+    is checked against the checkpoint; `conf.batch_size` images go through the head at once.
     """
-    kind = encoder.get("type", "identity")
+    kind = conf.type
     if kind not in ENCODERS:
         raise ValueError(f"unknown encoder type {kind!r}: expected one of {ENCODERS}")
-    if kind == "vop" and not encoder.get("checkpoint"):
-        raise ValueError(
-            f"encoder type 'vop' needs `checkpoint`: the path of a trained or published VOP encoder (got {encoder})"
-        )
+    checkpoint = checkpoint or conf.checkpoint
+    if kind == "vop" and not checkpoint:
+        raise ValueError("encoder type 'vop' needs a checkpoint: the path of a trained or published VOP encoder")
     features_h5 = Path(features_h5)
     if not features_h5.is_file():
         raise FileNotFoundError(f"{features_h5}: features file not found; run the features rule first")
@@ -427,94 +401,10 @@ def apply_encoder(features_h5: str | Path, out_h5: str | Path, encoder: dict, na
     if kind == "identity":
         groups = _identity_groups(features_h5, names)
     else:
-        from .backbones import resolve_device
-
-        device = resolve_device(encoder.get("device"))
-        model = load_encoder(encoder["checkpoint"], encoder.get("backbone")).to(device)
-        batch_size = int(encoder.get("batch_size", 64))
-        if batch_size < 1:
-            raise ValueError(f"encoder batch_size must be >= 1, got {batch_size}")
-        groups = _vop_groups(features_h5, names, model, device, batch_size)
-    io.write_image_groups(out_h5, _StreamedGroups(groups))
+        device = resolve_device(device)
+        model = load_encoder(checkpoint, conf.backbone).to(device)
+        if conf.batch_size < 1:
+            raise ValueError(f"encoder batch_size must be >= 1, got {conf.batch_size}")
+        groups = _vop_groups(features_h5, names, model, device, conf.batch_size)
+    io.write_image_groups(out_h5, io.Streamed(groups))
     logger.info("wrote %d %s embeddings to %s", len(names), kind, out_h5)
-
-
-# ---------------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    apply = commands.add_parser("apply", help="write embeddings-{encoder}.h5 from a features file")
-    apply.add_argument("--features", type=Path, required=True)
-    apply.add_argument("--out", type=Path, required=True)
-    apply.add_argument("--type", default="identity", choices=ENCODERS)
-    apply.add_argument("--checkpoint", type=Path, help="VOP encoder (ours or the published glue-factory file)")
-    apply.add_argument("--backbone", default=None, help="check the checkpoint against this backbone's tokens")
-    apply.add_argument("--batch-size", type=int, default=64)
-    apply.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    apply.add_argument("--log", default=None, help="log file (default: stderr)")
-
-    train = commands.add_parser("train", help="train the VOP encoder on labelled scenes")
-    train.add_argument(
-        "--scene",
-        nargs=2,
-        action="append",
-        required=True,
-        metavar=("FEATURES_H5", "LABELS_H5"),
-        help="a training scene; repeat for more",
-    )
-    train.add_argument("--backbone", required=True, help="backbone of the features (stored in the checkpoint)")
-    train.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--dropout", type=float, default=0.1)
-    train.add_argument("--out-dim", type=int, default=256)
-    train.add_argument("--val-fraction", type=float, default=0.15)
-    train.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal-flip augmentation")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default=None)
-    train.add_argument("--log-csv", type=Path, default=None)
-    train.add_argument("--plot", type=Path, default=None, help="png of the loss and similarities per epoch")
-    train.add_argument("--log", default=None, help="log file (default: stderr)")
-
-    raw = list(sys.argv[1:] if argv is None else argv)
-    if raw and raw[0].startswith("-") and raw[0] not in ("-h", "--help"):
-        raw = ["apply", *raw]  # the flags of the former single-command CLI still work
-    args = parser.parse_args(raw)
-    setup_logging(args.log)
-    if args.command == "apply":
-        encoder = {"type": args.type, "batch_size": args.batch_size, "device": args.device}
-        if args.checkpoint is not None:
-            encoder["checkpoint"] = args.checkpoint
-        if args.backbone is not None:
-            encoder["backbone"] = args.backbone
-        apply_encoder(args.features, args.out, encoder)
-    else:
-        from .training import train_encoder
-
-        train_encoder(
-            [tuple(scene) for scene in args.scene],
-            args.out,
-            args.backbone,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            dropout=args.dropout,
-            out_dim=args.out_dim,
-            val_fraction=args.val_fraction,
-            flip=args.flip,
-            seed=args.seed,
-            device=args.device,
-            log_csv=args.log_csv,
-            plot_png=args.plot,
-        )
-
-
-if __name__ == "__main__":
-    main()

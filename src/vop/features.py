@@ -5,12 +5,11 @@ batches while a thread pool reads the next batch, and written as one h5 group pe
 `global_descriptor` (C,) float32, `patch_descriptors` (256,C) float16, `keypoints` (256,2) float32
 (patch centres in resized-image pixels), `image_size` (2,) original [w,h].
 
-    python -m vop.features --image-dir D --names-from gt.h5 --backbone dense_sift --out features.h5
+    vop features --image-dir D --names-from gt.h5 --backbone dense_sift --out features.h5
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections import Counter
@@ -23,8 +22,9 @@ import h5py
 import numpy as np
 import torch
 
-from . import io
-from .backbones import BACKBONES, Backbone, load_backbone
+from vop import io
+from vop.backbones import Backbone
+from vop.grid import patch_keypoints
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,6 @@ def read_image(path: str | Path) -> np.ndarray:
 def resize_image(image: np.ndarray, size: int = Backbone.image_size) -> np.ndarray:
     """Resize both axes to size x size (aspect not kept, as the VOP reference); INTER_AREA."""
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def patch_keypoints(grid: int = Backbone.grid, patch_size: int = Backbone.patch_size) -> np.ndarray:
-    """(grid*grid, 2) float32 patch centres [x, y], row-major: x = 14*col + 7, y = 14*row + 7."""
-    rows, cols = np.divmod(np.arange(grid * grid), grid)
-    return np.stack([cols, rows], axis=1).astype(np.float32) * patch_size + patch_size / 2
 
 
 def read_names_file(path: str | Path) -> list[str]:
@@ -76,7 +70,7 @@ def extract_features(
     image_dir: str | Path,
     names: Sequence[str],
     backbone: Backbone,
-    batch_size: int = 16,
+    batch_size: int,
     num_workers: int = 2,
     with_flipped: bool = False,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -124,23 +118,12 @@ def extract_features(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _StreamedGroups:
-    """Hands `extract_features` to io.write_image_groups as {name: groups}.items(), so a scene is
-    written while it is extracted instead of held in memory (vitl14 is 0.5 MB per image)."""
-
-    def __init__(self, groups: Iterator[tuple[str, dict[str, np.ndarray]]]):
-        self._groups = groups
-
-    def items(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        return self._groups
-
-
 def dump_features(
     image_dir: str | Path,
     names: Sequence[str],
     backbone: Backbone,
     out_path: str | Path,
-    batch_size: int = 16,
+    batch_size: int,
     num_workers: int = 2,
     with_flipped: bool = False,
 ) -> Path:
@@ -151,40 +134,11 @@ def dump_features(
         raise ValueError(f"duplicate image names {duplicates[:3]}: each image gets one group in {out_path}")
     start = time.perf_counter()
     groups = extract_features(image_dir, names, backbone, batch_size, num_workers, with_flipped)
-    # write_image_groups writes into a temporary file and moves it into place only when all succeeded.
-    io.write_image_groups(out_path, _StreamedGroups(groups))
+    # Written while extracted (vitl14 is 0.5 MB per image) into a temporary file, moved into place at the end.
+    io.write_image_groups(out_path, io.Streamed(groups))
     elapsed = time.perf_counter() - start
     logger.info(
         "wrote %s features of %d images to %s (%.1f images/s)",
         backbone.name, len(names), out_path, len(names) / max(elapsed, 1e-9),
     )
     return Path(out_path)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from .utils import setup_logging
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-dir", type=Path, required=True, help="root the image names are relative to")
-    parser.add_argument(
-        "--names-from", type=Path, required=True, help="gt.h5 (root `names`) or a text file, one name per line"
-    )
-    parser.add_argument("--backbone", required=True, choices=BACKBONES)
-    parser.add_argument(
-        "--weights", default=None, help="backbone weights: a .pth file, a Hugging Face folder, hf, hub or random"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="features-{backbone}.h5 to write")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-workers", type=int, default=2, help="threads reading images")
-    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--with-flipped", action="store_true", help="also store tokens of the mirrored images")
-    parser.add_argument("--log", default=None, help="log file (default: stderr)")
-    args = parser.parse_args(argv)
-    setup_logging(args.log)
-    names = read_names_file(args.names_from)
-    backbone = load_backbone(args.backbone, args.weights, args.device)
-    dump_features(args.image_dir, names, backbone, args.out, args.batch_size, args.num_workers, args.with_flipped)
-
-
-if __name__ == "__main__":
-    main()

@@ -12,9 +12,9 @@ import glob
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -70,6 +70,10 @@ def require_images(path: Path, f: h5py.File, names: Iterable[str]) -> None:
         )
 
 
+# pose.csv, one row per retrieved pair (vop.pose writes it, vop.metrics reads it)
+POSE_COLUMNS = ["query", "db", "num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]
+
+
 @dataclass
 class GroundTruth:
     """Per-image calibration and poses of one scene, plus the co-visibility overlap."""
@@ -120,6 +124,17 @@ def read_names(path: str | Path) -> list[str]:
     """The scene's image order, from the root `names` of a gt.h5."""
     with h5py.File(path, "r") as f:
         return decode_names(f["names"])
+
+
+class Streamed:
+    """Hands a generator of (name, groups) to `write_image_groups` as {name: groups}.items(), so a file
+    is written while it is computed instead of held in memory."""
+
+    def __init__(self, groups: Iterator[tuple[str, dict[str, np.ndarray]]]):
+        self._groups = groups
+
+    def items(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        return self._groups
 
 
 def write_image_groups(path: str | Path, per_image) -> None:

@@ -11,9 +11,7 @@ into a patch-by-patch count matrix. Positive patch pairs are the mutual best par
 other patch pair is negative. Image pairs are sampled per overlap bin from gt.h5, plus non-overlapping
 pairs, and the result is cached per scene::
 
-    python -m vop.labels --scene-dir resources/eth3d/courtyard --gt results/eth3d/courtyard/gt.h5 \\
-        --out results/eth3d/courtyard/labels.h5
-    python -m vop.labels --source megadepth --root resources/megadepth --scene 0015 --gt ... --out ...
+    vop labels --source megadepth --root resources/megadepth --scene 0015 --gt gt.h5 --out labels.h5
 
 Depth maps come from the scene's reader (`vop.datasets.open_scene`): any source with depth (ETH3D layout,
 synthetic, MegaDepth) trains the same way.
@@ -29,7 +27,6 @@ Pixel convention (COLMAP, as the synthetic renderer): integer pixel (u, v) has i
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections import OrderedDict
@@ -38,12 +35,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vop.datasets import SceneReader, eth3d, open_scene
+from vop.conf import LabelsConf
+from vop.datasets import SceneReader
+from vop.grid import GRID, pixel_patches
 from vop.io import atomic_path, decode_names, read_gt
 
 logger = logging.getLogger(__name__)
 
-GRID = 16
 DEFAULT_BINS = ((0.1, 0.3), (0.3, 0.5), (0.5, 0.7))
 NEGATIVE_EPS = 1e-6  # overlap at or below this counts as "no overlap"
 
@@ -52,16 +50,9 @@ NEGATIVE_EPS = 1e-6  # overlap at or below this counts as "no overlap"
 # Patch correspondences of one pair
 
 
-def pixel_patches(x: np.ndarray, y: np.ndarray, width: int, height: int, grid: int = GRID) -> np.ndarray:
-    """Patch index (row * grid + col) of continuous image points (x, y) inside a width x height image."""
-    col = np.clip(np.floor(x * (grid / width)), 0, grid - 1).astype(np.int64)
-    row = np.clip(np.floor(y * (grid / height)), 0, grid - 1).astype(np.int64)
-    return row * grid + col
-
-
 def patch_correspondences(depth_a: np.ndarray, K_a: np.ndarray, T_w2cam_a: np.ndarray,
                           depth_b: np.ndarray, K_b: np.ndarray, T_w2cam_b: np.ndarray,
-                          grid: int = GRID, stride: int = 1, depth_tol: float = 0.05) -> np.ndarray:
+                          grid: int = GRID, stride: int = 1, depth_tol: float = LabelsConf.depth_tol) -> np.ndarray:
     """Counts (grid^2, grid^2) int64: [patch of A, patch of B] -> pixels of A seen in B at that patch.
 
     Pixels of A are sampled every `stride` pixels in x and y (starting at stride // 2). A pixel counts where
@@ -129,8 +120,8 @@ def mutual_positives(counts: np.ndarray) -> np.ndarray:
 # Pair sampling
 
 
-def sample_pairs(overlap: np.ndarray, bins=DEFAULT_BINS, pairs_per_bin: int = 100, num_negative: int = 100,
-                 seed: int = 0, eps: float = NEGATIVE_EPS) -> tuple[np.ndarray, np.ndarray]:
+def sample_pairs(overlap: np.ndarray, bins, pairs_per_bin: int, num_negative: int, seed: int = 0,
+                 eps: float = NEGATIVE_EPS) -> tuple[np.ndarray, np.ndarray]:
     """Unordered image pairs (M,2) int64 with i < j, and their bin index (M,) int64.
 
     Bins are half-open [lo, hi); up to `pairs_per_bin` pairs are drawn uniformly without replacement from
@@ -159,32 +150,17 @@ def sample_pairs(overlap: np.ndarray, bins=DEFAULT_BINS, pairs_per_bin: int = 10
 # One scene
 
 
-def depth_path(scene_dir: str | Path, name: str) -> Path:
-    """ETH3D layout: the depth map of image `name` (relative to images/) is found by its basename."""
-    scene_dir = Path(scene_dir)
-    depth_dir = eth3d.scene_paths(scene_dir.parent, scene_dir.name)[2]
-    return depth_dir / Path(name).name
-
-
-def as_scene(scene: SceneReader | str | Path) -> SceneReader:
-    """A scene reader; a path is read as a scene folder in the ETH3D layout (synthetic scenes, ETH3D)."""
-    if isinstance(scene, SceneReader):
-        return scene
-    scene = Path(scene)
-    return eth3d.Eth3dScene(scene.parent, scene.name)
-
-
-def scene_labels(scene: SceneReader | str | Path, gt_h5: str | Path, out_h5: str | Path, pairs_per_bin: int = 100,
-                 num_negative: int = 100, seed: int = 0, stride: int = 2, bins=DEFAULT_BINS,
-                 depth_tol: float = 0.05, grid: int = GRID, cache_size: int = 8) -> dict:
+def scene_labels(scene: SceneReader, gt_h5: str | Path, out_h5: str | Path, conf: LabelsConf = LabelsConf(),
+                 bins=DEFAULT_BINS, grid: int = GRID, cache_size: int = 8) -> dict:
     """Sample pairs of one scene, compute their positive patch pairs and write the cache `out_h5`.
 
-    `scene` is a reader (`vop.datasets.open_scene`) or an ETH3D-layout scene folder; it gives the depth maps.
-
-    Depth maps are read lazily and kept in a small LRU cache (`cache_size` maps), since full-resolution
-    ETH3D depth is ~100 MB per image. Returns what `read_labels` would return.
+    `scene` is the scene's reader (`vop.datasets.open_scene`): it gives the depth maps. Depth maps are read
+    lazily and kept in a small LRU cache (`cache_size` maps), since full-resolution ETH3D depth is ~100 MB
+    per image. Returns what `read_labels` would return.
     """
-    scene, gt_h5 = as_scene(scene), Path(gt_h5)
+    gt_h5 = Path(gt_h5)
+    pairs_per_bin, num_negative, seed, stride, depth_tol = (conf.pairs_per_bin, conf.num_negative, conf.seed,
+                                                            conf.stride, conf.depth_tol)
     start = time.perf_counter()
     gt = read_gt(gt_h5)
     if gt.overlap is None:
@@ -254,35 +230,3 @@ def pair_positives(labels: dict, m: int) -> np.ndarray:
     """Positive patch pairs (P,2) of pair m: column 0 indexes patches of pairs[m,0], column 1 of pairs[m,1]."""
     offsets = labels["offsets"]
     return labels["positives"][offsets[m]:offsets[m + 1]]
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vop.labels",
-                                     description="Ground-truth patch labels (positive patch pairs) of one scene "
-                                                 "from its depth maps, for training the VOP encoder.")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--scene-dir", type=Path, help=f"scene folder in the ETH3D layout (holds {eth3d.DEPTH_SUBDIR})")
-    where.add_argument("--source", help="dataset source of --root/--scene (eth3d, synthetic, megadepth)")
-    parser.add_argument("--root", type=Path, help="dataset folder (with --source)")
-    parser.add_argument("--scene", help="scene name (with --source)")
-    parser.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
-    parser.add_argument("--out", type=Path, required=True, help="output labels.h5")
-    parser.add_argument("--pairs-per-bin", type=int, default=100, help="image pairs per overlap bin (at most)")
-    parser.add_argument("--num-negative", type=int, default=100, help="non-overlapping image pairs (at most)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stride", type=int, default=2, help="use every stride-th pixel in x and y")
-    parser.add_argument("--depth-tol", type=float, default=0.05, help="relative depth agreement for visibility")
-    parser.add_argument("--log", default=None, help="log file (default: stderr)")
-    args = parser.parse_args(argv)
-    from vop.utils import setup_logging
-
-    setup_logging(args.log)
-    if args.source and (args.root is None or args.scene is None):
-        parser.error("--source needs --root and --scene")
-    scene = args.scene_dir if args.scene_dir else open_scene(args.source, args.root, args.scene)
-    scene_labels(scene, args.gt, args.out, pairs_per_bin=args.pairs_per_bin,
-                 num_negative=args.num_negative, seed=args.seed, stride=args.stride, depth_tol=args.depth_tol)
-
-
-if __name__ == "__main__":
-    main()

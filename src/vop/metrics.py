@@ -9,13 +9,11 @@ the ground-truth co-visibility overlap: a database image is relevant to a query 
 Queries are the images that appear as queries in pairs.txt; the database is every other image of the
 ground truth, or the `database` subset given (retrieve mode: the images that are not queries).
 
-    python -m vop.metrics summarize --entries entries.json --output results/megadepth/auc.csv
+    vop table --entries entries.json --out results/megadepth/auc.csv
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vop.io import GroundTruth, read_gt, read_pairs, write_csv
+from vop.conf import MetricsConf
+from vop.datasets import split_queries
+from vop.io import POSE_COLUMNS, GroundTruth, read_gt, read_pairs, write_csv
 
 logger = logging.getLogger(__name__)
 
 AUC_THRESHOLDS = (5, 10, 20)
-POSE_COLUMNS = ["query", "db", "num_matches", "num_inliers", "threshold", "R_err_deg", "t_err_deg"]
+TAU = MetricsConf.overlap_tau  # the default relevance threshold (config: metrics.overlap_tau)
 SUMMARY_COLUMNS = ["method", "scene", "num_queries", "auc@5", "auc@10", "auc@20",
                    "mean_matches", "mean_inliers", "recall@k", "k",
                    "auc@5_all", "auc@10_all", "auc@20_all", "mAP@k"]
@@ -97,7 +97,7 @@ def retrieved_per_query(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]
     return out
 
 
-def num_relevant(gt: GroundTruth, tau: float = 0.1) -> np.ndarray:
+def num_relevant(gt: GroundTruth, tau: float = TAU) -> np.ndarray:
     """(N,) number of images with overlap >= tau with each image (row i: overlap of i with j), self excluded."""
     if gt.overlap is None:
         raise ValueError("the ground truth has no overlap matrix (dataset without 3D points)")
@@ -138,7 +138,7 @@ def _ranked_hits(pairs: Sequence[tuple[str, str]], gt: GroundTruth, tau: float,
 
 
 def retrieval_recall_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int,
-                               tau: float = 0.1, gt_path: str | Path = "the ground truth",
+                               tau: float = TAU, gt_path: str | Path = "the ground truth",
                                database: Sequence[str] | None = None) -> np.ndarray:
     """|top-k retrieved ∩ relevant| / min(k, |relevant|) for each query with a relevant image.
 
@@ -150,7 +150,7 @@ def retrieval_recall_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth
 
 
 def retrieval_recall_at_ks(pairs: Sequence[tuple[str, str]], gt: GroundTruth, ks: Sequence[int],
-                           tau: float = 0.1, gt_path: str | Path = "the ground truth",
+                           tau: float = TAU, gt_path: str | Path = "the ground truth",
                            database: Sequence[str] | None = None) -> np.ndarray:
     """(Q, len(ks)) recall@k of each query with a relevant image, for every k of `ks` (the recall curve)."""
     if min(ks, default=0) < 1:
@@ -164,7 +164,7 @@ def retrieval_recall_at_ks(pairs: Sequence[tuple[str, str]], gt: GroundTruth, ks
 
 
 def average_precision_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int,
-                                tau: float = 0.1, gt_path: str | Path = "the ground truth",
+                                tau: float = TAU, gt_path: str | Path = "the ground truth",
                                 database: Sequence[str] | None = None) -> np.ndarray:
     """AP@k of each query with a relevant image: sum over ranks r <= k of precision@r at the relevant
     ranks, divided by min(k, |relevant|) (1 only when the first min(k, |relevant|) results are relevant)."""
@@ -178,14 +178,14 @@ def average_precision_per_query(pairs: Sequence[tuple[str, str]], gt: GroundTrut
     return np.asarray(aps, np.float64)
 
 
-def retrieval_recall(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = 0.1,
+def retrieval_recall(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = TAU,
                      database: Sequence[str] | None = None) -> float:
     """Mean recall@k in percent over queries with at least one relevant image (0 when there are none)."""
     per_query = retrieval_recall_per_query(pairs, gt, k, tau, database=database)
     return float(per_query.mean() * 100.0) if per_query.size else 0.0
 
 
-def mean_average_precision(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = 0.1,
+def mean_average_precision(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k: int, tau: float = TAU,
                            database: Sequence[str] | None = None) -> float:
     """mAP@k in percent over queries with at least one relevant image (0 when there are none)."""
     per_query = average_precision_per_query(pairs, gt, k, tau, database=database)
@@ -199,8 +199,6 @@ def run_database(entry: dict, gt: GroundTruth) -> list[str] | None:
         return list(entry["database"])
     if entry.get("mode", "register") != "retrieve":
         return None
-    from vop.retrieval import split_queries
-
     _, database = split_queries(gt.names, "retrieve", entry["queries"], str(entry.get("scene", "")))
     return [gt.names[i] for i in database]
 
@@ -263,7 +261,7 @@ def run_entries(runs: Sequence[dict], pose_csvs: Sequence[str], pairs_txts: Sequ
             for run, pose, pairs, gt in zip(runs, pose_csvs, pairs_txts, gt_h5s, strict=True)]
 
 
-def summarize(entries: Sequence[dict], out_csv: str | Path, tau: float = 0.1) -> pd.DataFrame:
+def summarize(entries: Sequence[dict], out_csv: str | Path, tau: float = TAU) -> pd.DataFrame:
     """Write auc.csv: one row per (method, scene), then the method's ALL row (all queries pooled).
 
     entries: dicts {method, scene, pose_csv, pairs_txt, gt_h5, k} and optionally `database`, the image
@@ -311,28 +309,3 @@ def summarize_without_ground_truth(entries: Sequence[dict], out_csv: str | Path)
     write_csv(out_csv, SUMMARY_COLUMNS, rows)
     logger.info("Wrote %d rows to %s (no ground truth: retrieval only)", len(rows), out_csv)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vop.metrics", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    summ = sub.add_parser("summarize", help="pose AUC and retrieval recall table -> auc.csv")
-    summ.add_argument("--entries", type=Path, required=True,
-                      help="JSON list of {method, scene, pose_csv, pairs_txt, gt_h5, k}")
-    summ.add_argument("--output", type=Path, required=True, help="auc.csv to write")
-    summ.add_argument("--tau", type=float, default=0.1, help="overlap above which an image is relevant")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-    try:
-        entries = json.loads(args.entries.read_text())
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{args.entries}: not valid JSON ({err}); expected a list of entries") from err
-    if not isinstance(entries, list):
-        raise SystemExit(f"{args.entries}: expected a JSON list of entries, got {type(entries).__name__}")
-    table = summarize(entries, args.output, tau=args.tau)
-    print(table.to_string(index=False))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,15 +4,13 @@ Each figure pools a method's scenes like the `ALL` rows of auc.csv. The retrieva
 queries, the top-k database images of every method with the ground-truth overlap printed on each, so a
 reader sees what a method retrieves, not only how it scores.
 
-    python -m vop.plots --entries entries.json --output_dir results/demo/plots
+    vop plots --entries entries.json --out-dir results/demo/plots
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from matplotlib.figure import (
 
 from vop.io import atomic_path, read_gt, read_pairs
 from vop.metrics import (
+    TAU,
     best_pair_errors,
     read_pose_csv,
     retrieval_recall_at_ks,
@@ -76,7 +75,7 @@ def plot_pose_error_curves(entries: Sequence[dict], out_png: str | Path, title: 
     _save(fig, out_png)
 
 
-def plot_recall_curves(entries: Sequence[dict], out_png: str | Path, tau: float = 0.1, title: str = "") -> None:
+def plot_recall_curves(entries: Sequence[dict], out_png: str | Path, tau: float = TAU, title: str = "") -> None:
     """Retrieval recall@k for k = 1 .. the method's k, pooled over the scenes' queries."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -108,7 +107,7 @@ def _thumbnail(path: Path, size: int) -> np.ndarray:
 
 
 def plot_retrieval_grid(entries: Sequence[dict], out_png: str | Path, num_queries: int = 3,
-                        thumb_px: int = 160, tau: float = 0.1) -> None:
+                        thumb_px: int = 160, tau: float = TAU) -> None:
     """Rows: (query, method) for the first `num_queries` queries of the first scene; columns: the query,
     then its top-k retrieved images, each titled with its ground-truth overlap with the query (green when
     >= tau, i.e. relevant)."""
@@ -172,7 +171,7 @@ def write_summary_html(auc_csv: str | Path, figures: Sequence[str | Path], out_h
 
 
 def make_plots(entries: Sequence[dict], pose_png: str | Path, recall_png: str | Path, grid_png: str | Path,
-               tau: float = 0.1, auc_csv: str | Path | None = None, summary_html: str | Path | None = None,
+               tau: float = TAU, auc_csv: str | Path | None = None, summary_html: str | Path | None = None,
                title: str = "") -> None:
     """The three figures of a dataset, and with auc_csv and summary_html the HTML summary of table and
     figures. entries: {method, scene, pose_csv, pairs_txt, gt_h5, k, image_dir}."""
@@ -184,22 +183,3 @@ def make_plots(entries: Sequence[dict], pose_png: str | Path, recall_png: str | 
             raise ValueError("make_plots: summary_html needs auc_csv, the table it shows")
         write_summary_html(auc_csv, [pose_png, recall_png, grid_png], summary_html, title)
     logger.info("Wrote %s, %s and %s", pose_png, recall_png, grid_png)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vop.plots", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--entries", type=Path, required=True,
-                        help="JSON list of {method, scene, pose_csv, pairs_txt, gt_h5, k, image_dir}")
-    parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--tau", type=float, default=0.1, help="overlap above which an image is relevant")
-    parser.add_argument("--auc_csv", type=Path, help="also write summary.html with this table and the figures")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    entries = json.loads(args.entries.read_text())
-    out = args.output_dir
-    make_plots(entries, out / "pose_errors.png", out / "recall.png", out / "retrievals.png", tau=args.tau,
-               auc_csv=args.auc_csv, summary_html=out / "summary.html" if args.auc_csv else None)
-
-
-if __name__ == "__main__":
-    main()

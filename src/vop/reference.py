@@ -5,16 +5,14 @@ patches, one range search for the query's patches, then Python loops over the qu
 weight and add the votes. The prefilter is an exact numpy inner product. It is slow by design
 (benchmarks/retrieval.py measures how slow) and exists to verify the batched implementation:
 
-    python -m vop.reference results/demo      # recompute every vop method's pairs and compare
+    vop check results/demo      # recompute every vop method's pairs and compare
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import math
-import sys
 from pathlib import Path
 
 import faiss
@@ -79,6 +77,12 @@ def retrieve_vop(global_desc: np.ndarray, patches: np.ndarray, queries: np.ndarr
     return results
 
 
+def method_dirs(results: Path) -> list[Path]:
+    """The folders of every vop retrieval under a dataset's results folder."""
+    return sorted(p.parent for p in Path(results).glob("*/*/retrieval.json")
+                  if json.loads(p.read_text()).get("type") == "vop")
+
+
 def check_method_dir(method_dir: Path) -> tuple[bool, str]:
     """Recompute one scene's vop pairs from its embeddings and retrieval.json; compare with pairs.txt."""
     info = json.loads((method_dir / "retrieval.json").read_text())
@@ -89,7 +93,7 @@ def check_method_dir(method_dir: Path) -> tuple[bool, str]:
         glob = np.stack([f[n]["global_descriptor"][()] for n in names]).astype(np.float32)
         patches = np.stack([f[n]["patch_descriptors"][()] for n in names]).astype(np.float32)
     everything = np.arange(len(names))
-    if info.get("mode", "register") == "retrieve":
+    if info.get("mode", "register") == "retrieve":  # written here again, not taken from vop.datasets
         is_query = np.array([fnmatch.fnmatchcase(n, info["queries"]) for n in names])
         queries, database = everything[is_query], everything[~is_query]
     else:
@@ -104,24 +108,3 @@ def check_method_dir(method_dir: Path) -> tuple[bool, str]:
         return True, f"{method_dir}: {len(written)} pairs equal"
     differ = sum(a != b for a, b in zip(expected, written)) + abs(len(expected) - len(written))
     return False, f"{method_dir}: {differ} of {len(expected)} pairs differ"
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, help="a dataset's results folder, e.g. results/demo")
-    args = parser.parse_args(argv)
-    method_dirs = sorted(p.parent for p in args.results.glob("*/*/retrieval.json")
-                         if json.loads(p.read_text()).get("type") == "vop")
-    if not method_dirs:
-        print(f"no vop retrieval under {args.results}", file=sys.stderr)
-        return 2
-    ok = True
-    for method_dir in method_dirs:
-        equal, message = check_method_dir(method_dir)
-        ok &= equal
-        print(message)
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

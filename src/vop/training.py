@@ -11,7 +11,7 @@ The loss acts on the cosine similarity s of the L2-normalised patch embeddings: 
 to 1 (relu(1-s)^2), negatives pushed to 0 (relu(s)^2), each averaged over its own entries and summed,
 since negatives outnumber positives ~256 to 1.
 
-    python -m vop.encoder train --scene features.h5 labels.h5 [--scene ...] --backbone dense_sift --out vop.pth
+    vop train --scene features.h5 labels.h5 [--scene ...] --backbone dense_sift --out vop.pth
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ import h5py
 import numpy as np
 import torch
 
-from . import io
-from . import labels as labels_cache
-from .encoder import BACKBONE_DIMS, GRID, VOPEncoder, mirror_patch_indices, save_encoder
+from vop import io
+from vop import labels as labels_cache
+from vop.backbones import TOKEN_DIMS
+from vop.conf import TrainConf
+from vop.encoder import VOPEncoder, save_encoder
+from vop.grid import NUM_PATCHES, mirror_patch_indices
+from vop.utils import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class Labels:
     positives: np.ndarray  # (P,2) int64
 
 
-def read_labels(path: str | Path, num_patches: int = GRID * GRID) -> Labels:
+def read_labels(path: str | Path, num_patches: int = NUM_PATCHES) -> Labels:
     """Read and check a labels h5 (the contract in this module's docstring)."""
     path = Path(path)
     fix = "regenerate it with the labels rule (vop.labels)"
@@ -142,16 +146,16 @@ def load_training_data(
             logger.warning("%s: no labelled pairs, the scene is skipped", labels_h5)
             continue
         scene_tokens = io.read_stacked(features_h5, names, "patch_descriptors", np.float16)
-        if scene_tokens.ndim != 3 or scene_tokens.shape[1] != GRID * GRID:
+        if scene_tokens.ndim != 3 or scene_tokens.shape[1] != NUM_PATCHES:
             raise ValueError(
                 f"{features_h5}: patch_descriptors of shape {scene_tokens.shape[1:]}, expected "
-                f"({GRID * GRID}, C); rerun the features rule"
+                f"({NUM_PATCHES}, C); rerun the features rule"
             )
         if dim is None:
             dim = scene_tokens.shape[2]
-            if backbone in BACKBONE_DIMS and BACKBONE_DIMS[backbone] != dim:
+            if backbone in TOKEN_DIMS and TOKEN_DIMS[backbone] != dim:
                 raise ValueError(
-                    f"{features_h5}: {dim}-d tokens but backbone {backbone} gives {BACKBONE_DIMS[backbone]}-d; "
+                    f"{features_h5}: {dim}-d tokens but backbone {backbone} gives {TOKEN_DIMS[backbone]}-d; "
                     f"pass the features-{backbone}.h5 of each scene"
                 )
         elif scene_tokens.shape[2] != dim:
@@ -323,15 +327,7 @@ def train_encoder(
     scenes: Sequence[tuple[str | Path, str | Path]],
     out_checkpoint: str | Path,
     backbone: str,
-    epochs: int = 30,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    dropout: float = 0.1,
-    out_dim: int = 256,
-    val_fraction: float = 0.15,
-    flip: bool = True,
-    seed: int = 0,
+    conf: TrainConf = TrainConf(),
     device: str | torch.device | None = None,
     log_csv: str | Path | None = None,
     plot_png: str | Path | None = None,
@@ -342,8 +338,7 @@ def train_encoder(
     torch.load(weights_only=True) and vop.encoder.load_encoder) and optionally the per-epoch csv and
     plot. Returns {"history": [per-epoch dicts], "best_epoch", "best_loss", "seconds"}.
     """
-    from .backbones import resolve_device
-
+    epochs, batch_size, val_fraction, flip, seed = conf.epochs, conf.batch_size, conf.val_fraction, conf.flip, conf.seed
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     if not 0.0 <= val_fraction < 1.0:
@@ -368,7 +363,7 @@ def train_encoder(
         len(val_index),
         data.tokens.shape[2],
         backbone,
-        out_dim,
+        conf.out_dim,
         device,
         "on" if flipping else "off",
     )
@@ -377,8 +372,8 @@ def train_encoder(
             "no validation pairs (val_fraction=%s): keeping the epoch of the lowest train loss", val_fraction
         )
 
-    model = VOPEncoder(data.tokens.shape[2], out_dim, dropout=dropout).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model = VOPEncoder(data.tokens.shape[2], conf.out_dim, dropout=conf.dropout).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
     history: list[dict] = []
     best = {"loss": float("inf"), "epoch": None, "state": None}
     for epoch in range(1, epochs + 1):
@@ -402,7 +397,7 @@ def train_encoder(
         }
         history.append(row)
         if not np.isfinite(train_loss):
-            raise FloatingPointError(f"epoch {epoch}: the training loss is {train_loss}; lower --lr")
+            raise FloatingPointError(f"epoch {epoch}: the training loss is {train_loss}; lower train.lr")
         score = val_loss if len(val_index) else train_loss
         if score < best["loss"]:
             best = {
@@ -425,7 +420,7 @@ def train_encoder(
             io.write_csv(log_csv, HISTORY_KEYS, [[h[key] for key in HISTORY_KEYS] for h in history])
 
     if best["state"] is None:
-        raise FloatingPointError(f"no epoch had a finite validation loss ({history[-1]}); lower --lr")
+        raise FloatingPointError(f"no epoch had a finite validation loss ({history[-1]}); lower train.lr")
     save_encoder(model, out_checkpoint, backbone, history, state=best["state"], best_epoch=best["epoch"])
     if plot_png is not None:
         plot_history(history, plot_png, best["epoch"])

@@ -25,6 +25,13 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
     return np.sqrt(descriptors / np.maximum(l1, 1e-12)).astype(np.float32)
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device to run on: the one named, else CUDA when present, else the CPU."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def setup_logging(log_file: str | None = None) -> None:
     """Log to the rule's log file (or stderr), with times, so a job's log tells what it did and how long."""
     handler = logging.FileHandler(log_file, mode="w") if log_file else logging.StreamHandler(sys.stderr)

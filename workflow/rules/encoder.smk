@@ -8,8 +8,8 @@ rule patch_labels:
     output:
         "results/{dataset}/{scene}/labels.h5",
     params:
-        reader=lambda wc: reader_args(wc.dataset, wc.scene),
-        conf=canonical(config.get("labels", {})),
+        reader=reader_args,
+        conf=canonical(config["labels"]),
     resources:
         mem_mb=mem_mb(2000),
     log:
@@ -38,7 +38,7 @@ rule train_encoder:
         backbone=lambda wc: ENCODERS[wc.encoder]["backbone"],
         train=lambda wc: canonical({k: v for k, v in ENCODERS[wc.encoder]["train"].items() if k != "datasets"}),
     wildcard_constraints:
-        encoder=_alternatives(TRAINED_ENCODERS),
+        encoder=alternatives(TRAINED_ENCODERS),
     threads: 2
     resources:
         gpu=1,

@@ -4,12 +4,12 @@
 rule features:
     """Batched backbone forward pass over every image of a scene."""
     input:
-        gt="results/{dataset}/{scene}/gt.h5",
+        gt=rules.ground_truth.output[0],
     output:
         "results/{dataset}/{scene}/features-{backbone}.h5",
     params:
-        image_dir=lambda wc: image_dir(wc.dataset, wc.scene),
-        backbone=lambda wc: canonical(config["backbones"][wc.backbone]),
+        image_dir=image_dir,
+        conf=lambda wc: canonical(config["backbones"][wc.backbone]),
         # training scenes also keep the tokens of the mirrored images (flip augmentation)
         with_flipped=lambda wc: used_for_training(wc.dataset),
     threads: 2

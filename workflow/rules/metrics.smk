@@ -3,7 +3,7 @@
 
 rule auc_table:
     """Pose AUC@5/10/20 (best pair and all pairs), matches, inliers, retrieval recall and mAP per method
-    and scene, and ALL."""
+    and scene, and ALL; a dataset without ground truth gets the same table, its metric cells saying so."""
     input:
         unpack(auc_inputs),
     output:
@@ -15,7 +15,8 @@ rule auc_table:
         ),
     params:
         runs=lambda wc: metrics_runs(wc.dataset),
-        overlap_tau=config.get("metrics", {}).get("overlap_tau", 0.1),
+        has_ground_truth=lambda wc: DATASETS[wc.dataset].has_poses,
+        conf=canonical(config["metrics"]),
     log:
         "logs/{dataset}/auc_table.log",
     benchmark:
@@ -32,7 +33,7 @@ rule plots:
     HTML summary (table and figures) that the report's front page shows."""
     input:
         unpack(auc_inputs),
-        auc="results/{dataset}/auc.csv",
+        auc=rules.auc_table.output[0],
     output:
         pose_errors=report(
             "results/{dataset}/plots/pose_errors.png",
@@ -60,11 +61,11 @@ rule plots:
         ),
     params:
         runs=lambda wc: [
-            {**run, "image_dir": image_dir(wc.dataset, run["scene"])} for run in metrics_runs(wc.dataset)
+            {**run, "image_dir": DATASETS[wc.dataset].image_dir(run["scene"])} for run in metrics_runs(wc.dataset)
         ],
-        overlap_tau=config.get("metrics", {}).get("overlap_tau", 0.1),
+        conf=canonical(config["metrics"]),
     wildcard_constraints:
-        dataset=_alternatives([d for d in DATASETS if has_pose_ground_truth(d)]),
+        dataset=alternatives(datasets_where(lambda ds: ds.has_poses)),
     resources:
         mem_mb=mem_mb(2000),
     log:
@@ -75,28 +76,3 @@ rule plots:
         "../../envs/vop.yaml"
     script:
         "../../scripts/plots.py"
-
-
-# Datasets without pose ground truth (folder, inloc): the same table, its metric cells saying so.
-ruleorder: retrieval_table > auc_table
-
-
-rule retrieval_table:
-    """auc.csv of a dataset without ground truth: queries per method and scene, "no ground truth" cells."""
-    input:
-        unpack(auc_inputs),
-    output:
-        "results/{dataset}/auc.csv",
-    params:
-        runs=lambda wc: metrics_runs(wc.dataset),
-    wildcard_constraints:
-        dataset=_alternatives([d for d in DATASETS if not has_pose_ground_truth(d)]),
-    log:
-        "logs/{dataset}/retrieval_table.log",
-    benchmark:
-        "logs/{dataset}/retrieval_table.benchmark.tsv"
-    localrule: True
-    conda:
-        "../../envs/vop.yaml"
-    script:
-        "../../scripts/retrieval_table.py"

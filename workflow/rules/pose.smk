@@ -4,12 +4,12 @@
 rule local_features:
     """SIFT keypoints and descriptors of every image of a scene (hloc layout), shared by all methods."""
     input:
-        gt="results/{dataset}/{scene}/gt.h5",
+        gt=rules.ground_truth.output[0],
     output:
         "results/{dataset}/{scene}/local_features.h5",
     params:
-        image_dir=lambda wc: image_dir(wc.dataset, wc.scene),
-        conf=canonical(config.get("local_features", {})),
+        image_dir=image_dir,
+        conf=canonical(config["local_features"]),
     threads: 2
     resources:
         mem_mb=mem_mb(2000),
@@ -26,13 +26,13 @@ rule local_features:
 rule pose:
     """Match, estimate the essential matrix, and score each retrieved pair against ground truth."""
     input:
-        pairs="results/{dataset}/{scene}/{method}/pairs.txt",
-        gt="results/{dataset}/{scene}/gt.h5",
-        local_features="results/{dataset}/{scene}/local_features.h5",
+        pairs=rules.retrieve.output.pairs,
+        gt=rules.ground_truth.output[0],
+        local_features=rules.local_features.output[0],
     output:
         "results/{dataset}/{scene}/{method}/pose.csv",
     params:
-        conf=canonical(config.get("pose", {})),
+        conf=canonical(config["pose"]),
     threads: 2
     resources:
         mem_mb=mem_mb(2000),

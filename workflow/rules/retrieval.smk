@@ -10,7 +10,8 @@ rule retrieve:
         scores="results/{dataset}/{scene}/{method}/scores.csv",
         info="results/{dataset}/{scene}/{method}/retrieval.json",
     params:
-        method=lambda wc: method_params(wc.dataset, wc.method),
+        method=lambda wc: canonical(METHODS[wc.method]),
+        backbone=lambda wc: method_backbone(wc.dataset, wc.method),
         mode=lambda wc: retrieval_mode(wc.dataset),
     resources:
         gpu=1,

@@ -7,19 +7,44 @@ so patch k sits at grid row k // 16, column k % 16 (the features file stores the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-DINOV2_NAMES = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14")
+from vop import grid
+from vop.utils import resolve_device
+
+DENSE_SIFT_DIM = 128
+
+
+@dataclass(frozen=True)
+class Dinov2Arch:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    use_swiglu_ffn: bool
+    hf_id: str  # the Hugging Face model with the same weights
+
+
+DINOV2_ARCHS: dict[str, Dinov2Arch] = {
+    "dinov2_vits14": Dinov2Arch(384, 12, 6, False, "facebook/dinov2-small"),
+    "dinov2_vitb14": Dinov2Arch(768, 12, 12, False, "facebook/dinov2-base"),
+    "dinov2_vitl14": Dinov2Arch(1024, 24, 16, False, "facebook/dinov2-large"),
+    "dinov2_vitg14": Dinov2Arch(1536, 40, 24, True, "facebook/dinov2-giant"),
+}
+DINOV2_NAMES = tuple(DINOV2_ARCHS)
 BACKBONES = ("dense_sift", *DINOV2_NAMES)
+# name -> width of its tokens (a trained encoder only fits tokens of the width it was trained on)
+TOKEN_DIMS = {"dense_sift": DENSE_SIFT_DIM, **{name: arch.hidden_size for name, arch in DINOV2_ARCHS.items()}}
 
 
 class Backbone(nn.Module):
     """Common interface; subclasses set `name` and `dim` and implement `forward`."""
 
-    image_size = 224
-    patch_size = 14
-    grid = 16  # image_size // patch_size
+    image_size = grid.IMAGE_SIZE
+    patch_size = grid.PATCH_SIZE
+    grid = grid.GRID
 
     def __init__(self, name: str, dim: int):
         super().__init__()
@@ -54,13 +79,6 @@ class Backbone(nn.Module):
         return f"name={self.name}, dim={self.dim}"
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None picks CUDA when present, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_backbone(
     name: str, weights: str | None = None, device: str | torch.device | None = None
 ) -> Backbone:
@@ -86,4 +104,4 @@ def load_backbone(
     return backbone
 
 
-__all__ = ["BACKBONES", "DINOV2_NAMES", "Backbone", "load_backbone", "resolve_device"]
+__all__ = ["BACKBONES", "DINOV2_NAMES", "TOKEN_DIMS", "Backbone", "load_backbone", "resolve_device"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..utils import root_sift
-from . import Backbone
+from . import DENSE_SIFT_DIM, Backbone
 
 # OpenCV's SIFT window is 4 bins of 3 * size / 2 px = 6 * size px wide: size = 14 / 6 covers one cell.
 _CELL = Backbone.patch_size
@@ -56,7 +56,7 @@ class DenseSift(Backbone):
     """RootSIFT on the 16x16 cell grid; dim 128. CPU (OpenCV) whatever the device of the input."""
 
     def __init__(self, num_threads: int | None = None):
-        super().__init__("dense_sift", 128)
+        super().__init__("dense_sift", DENSE_SIFT_DIM)
         self.num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
         self._keypoints = cell_keypoints(self.grid, self.patch_size)
 

@@ -19,14 +19,13 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
-from . import Backbone
+from . import DINOV2_ARCHS, Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +35,7 @@ PATCH_SIZE = 14
 PRETRAIN_IMAGE_SIZE = 518  # the official checkpoints hold 37x37 position embeddings
 
 
-@dataclass(frozen=True)
-class Dinov2Arch:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    use_swiglu_ffn: bool
-    hf_id: str  # the Hugging Face model with the same weights
-
-
-ARCHS: dict[str, Dinov2Arch] = {
-    "dinov2_vits14": Dinov2Arch(384, 12, 6, False, "facebook/dinov2-small"),
-    "dinov2_vitb14": Dinov2Arch(768, 12, 12, False, "facebook/dinov2-base"),
-    "dinov2_vitl14": Dinov2Arch(1024, 24, 16, False, "facebook/dinov2-large"),
-    "dinov2_vitg14": Dinov2Arch(1536, 40, 24, True, "facebook/dinov2-giant"),
-}
+ARCHS = DINOV2_ARCHS
 
 # What must agree between a checkpoint's architecture and the backbone asked for.
 _ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "use_swiglu_ffn", "mlp_ratio", "patch_size")

@@ -1,46 +1,100 @@
-"""Dataset readers: one interface over every source the workflow reads.
+"""Dataset sources: the one place that knows each layout.
 
-A scene reader turns a scene in its native layout into what the stages need:
+A source is a reader class in its own module, registered by name in `SOURCES`. It answers everything the
+stages and the workflow ask about a scene in its native layout:
 
     scene = open_scene("megadepth", "resources/megadepth", "0015")
     scene.image_dir                 # image names are relative to it
     scene.ground_truth()            # GroundTruth: names, K, T_w2cam, image sizes, overlap (or None)
     scene.depth(name, (w, h))       # z-depth (h, w) float32 for training labels; NoDepthError without
-    scene.has_poses                 # False: images only (pose metrics do not apply)
+    scene.input_files()             # the native files its ground truth reads
+    MegaDepthScene.archive_parts("0015")   # what to download and unpack for it
 
-Sources: `synthetic` and `eth3d` (ETH3D undistorted layout), `megadepth` (glue-factory layout), `inloc`
-(cutouts + iphone7 queries), `colmap` (any COLMAP model + an image folder) and `folder` (images only).
-
-    python -m vop.datasets gt SOURCE ROOT SCENE OUT.h5 [--option images=images --option model=sparse]
+and class attributes: `has_poses`, `has_depth`, `url` (downloaded sources), `generated` (synthetic),
+`default_scenes`, `single_scene`, and `Options`, the conf of the source's own keys in a dataset entry.
+`Dataset` wraps a config entry with its source for the workflow: roots, scenes, rule inputs, reader
+arguments. A source outside the package is named `module:Class` in the config (imported and registered
+on first use), so a plugin needs no edit of the workflow.
 """
 
 from __future__ import annotations
 
-import argparse
+import fnmatch
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from vop.conf import Conf, ConfigError, DatasetConf, closest, fields_of
 from vop.io import GroundTruth, write_gt
 
-SOURCES = ("synthetic", "eth3d", "megadepth", "inloc", "colmap", "folder")
-WITH_DEPTH = ("synthetic", "eth3d", "megadepth")  # sources an encoder can be trained on
-WITHOUT_POSES = ("inloc", "folder")  # no pose ground truth: retrieval only, no pose metrics
+# name -> "module:Class"; the modules are imported when a source is first used
+SOURCES = {
+    "synthetic": "vop.datasets.synthetic:SyntheticScene",
+    "eth3d": "vop.datasets.eth3d:Eth3dScene",
+    "megadepth": "vop.datasets.megadepth:MegaDepthScene",
+    "inloc": "vop.datasets.inloc:InLocScene",
+    "colmap": "vop.datasets.colmap:ColmapScene",
+    "folder": "vop.datasets.folder:FolderScene",
+}
+_CLASSES: dict[str, type[SceneReader]] = {}
 
 
 class NoDepthError(FileNotFoundError):
     """A scene (or an image of it) without the ground-truth depth that training labels need."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class NoOptions(Conf):
+    """A source without keys of its own."""
+
+
+@dataclass(frozen=True)
+class ArchivePart:
+    """The members of one downloaded archive that a scene needs, unpacked by their own job.
+
+    `target` is the folder below the dataset's download folder (resources/{dataset}) that the members
+    land in, with their paths in the archive; `role` says which stage reads them.
+    """
+
+    name: str
+    archive: str
+    member_prefix: str
+    target: str = ""
+    role: str = "ground_truth"  # or "depth" (training labels only)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a stage of one scene reads: files on disk, archive parts to unpack, or the generated scene."""
+
+    files: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
+    generated: bool = False
+
+
 class SceneReader:
     """Base of the readers: `root` is the dataset folder, `scene` one scene in it (None: root is the scene)."""
 
-    source = ""
-    has_poses = True
+    source: ClassVar[str] = ""
+    Options: ClassVar[type[Conf]] = NoOptions
+    has_poses: ClassVar[bool] = True
+    has_depth: ClassVar[bool] = False
+    generated: ClassVar[bool] = False  # a rule renders its scenes (synthetic)
+    url: ClassVar[str | None] = None  # where its archives are downloaded from; None: never downloaded
+    resources_root: ClassVar[str] = ""  # its root below resources/{dataset} when downloaded or generated
+    default_scenes: ClassVar[tuple[str, ...]] = ()
+    single_scene: ClassVar[bool] = False  # without `scenes`, the root is one scene named after the dataset
+    default_mode: ClassVar[str] = "register"
+    default_queries: ClassVar[str | None] = None
 
-    def __init__(self, root: str | Path, scene: str | None = None):
+    def __init__(self, root: str | Path, scene: str | None = None, **options):
         self.root = Path(root)
         self.scene = scene
+        self.options = self.Options.from_dict(options, f"source {self.source}")
 
     @property
     def scene_dir(self) -> Path:
@@ -53,10 +107,23 @@ class SceneReader:
     def ground_truth(self) -> GroundTruth:
         raise NotImplementedError
 
+    def input_files(self) -> list[Path]:
+        """The native files the ground truth reads (checked when the dataset's `root` is configured)."""
+        return [self.scene_dir]
+
+    def depth_files(self) -> list[Path]:
+        """The native files training labels read besides the ground truth (depth maps)."""
+        return []
+
+    @classmethod
+    def archive_parts(cls, scene: str) -> list[ArchivePart]:
+        """The parts of the source's archives that `scene` needs (downloaded sources)."""
+        return []
+
     def depth(self, name: str, size) -> np.ndarray:
         raise NoDepthError(
             f"{self.scene_dir}: image {name}: a `{self.source}` scene has no depth maps, and training labels need "
-            f"ground-truth depth for every image; train encoders on {', '.join(WITH_DEPTH)} datasets"
+            "ground-truth depth for every image; train encoders on datasets whose source has depth"
         )
 
     def write_ground_truth(self, out_h5: str | Path) -> GroundTruth:
@@ -73,32 +140,185 @@ def no_poses(names: list[str], sizes: np.ndarray) -> GroundTruth:
 
 
 def reader_class(source: str) -> type[SceneReader]:
-    from vop.datasets import colmap, eth3d, folder, inloc, megadepth
-
-    classes = {"synthetic": eth3d.Eth3dScene, "eth3d": eth3d.Eth3dScene, "megadepth": megadepth.MegaDepthScene,
-               "inloc": inloc.InLocScene, "colmap": colmap.ColmapScene, "folder": folder.FolderScene}
-    if source not in classes:
-        raise ValueError(f"unknown dataset source {source!r}; expected one of {', '.join(SOURCES)}")
-    return classes[source]
+    """The reader of a source name, or of a `module:Class` path (imported and registered on first use)."""
+    if source in _CLASSES:
+        return _CLASSES[source]
+    target = SOURCES.get(source) or (source if ":" in source else None)
+    if target is None:
+        raise ConfigError(f"unknown dataset source {source!r}{closest(source, SOURCES)}; expected one of "
+                          f"{', '.join(SOURCES)} or a reader class as `module:Class`")
+    module, _, name = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"dataset source {source!r}: cannot import {target} ({err}); is the module on the "
+                          "Python path of the workflow and its jobs?") from err
+    if not (isinstance(cls, type) and issubclass(cls, SceneReader)):
+        raise ConfigError(f"dataset source {source!r}: {target} is not a vop.datasets.SceneReader subclass")
+    _CLASSES[source] = cls
+    return cls
 
 
 def open_scene(source: str, root: str | Path, scene: str | None = None, **options) -> SceneReader:
-    """The reader of one scene; `options` are the source's own (colmap/folder: images, model)."""
+    """The reader of one scene; `options` are the source's own keys (colmap: images, model; ...)."""
     return reader_class(source)(root, scene, **options)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vop.datasets", description="Read a scene of any source.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    gt = sub.add_parser("gt", help="write gt.h5 (names, K, T_w2cam, image sizes, overlap) of one scene")
-    gt.add_argument("source", choices=SOURCES)
-    gt.add_argument("root", type=Path, help="dataset folder")
-    gt.add_argument("scene", help="scene name; '-' when root is the scene (colmap, folder)")
-    gt.add_argument("out", type=Path)
-    gt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="reader option, e.g. images=images or model=sparse/0")
-    args = parser.parse_args(argv)
-    options = dict(o.split("=", 1) for o in args.option)
-    scene = open_scene(args.source, args.root, None if args.scene == "-" else args.scene, **options)
-    gt = scene.write_ground_truth(args.out)
-    print(f"{args.out}: {len(gt.names)} images, overlap {'yes' if gt.overlap is not None else 'no'}")
+def split_queries(names: Sequence[str], mode: str = "register", queries: str | None = None,
+                  scene: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(query indices, database indices) of a scene.
+
+    register: every image is a query and the database is the whole scene (the query itself is excluded
+    when ranking). retrieve: queries are the names matching the glob `queries`, the database the rest.
+    """
+    num = len(names)
+    if num < 2:
+        raise ValueError(f"scene {scene!r} has {num} image(s): retrieval needs at least 2; "
+                         "remove the scene from the dataset's `scenes` in config/config.yaml")
+    everything = np.arange(num)
+    if mode == "register":
+        return everything, everything
+    if mode != "retrieve":
+        raise ValueError(f"unknown mode {mode!r}: expected register or retrieve")
+    if not queries:
+        raise ValueError("mode retrieve needs the dataset's `queries` glob (e.g. 'query/*') in config/config.yaml")
+    is_query = np.array([fnmatch.fnmatchcase(n, queries) for n in names])
+    if not is_query.any() or is_query.all():
+        raise ValueError(
+            f"scene {scene!r}: the queries glob {queries!r} matches {int(is_query.sum())} of {num} images; "
+            "it must match some images (the queries) and not all (the database): fix `queries` in config/config.yaml"
+        )
+    return everything[is_query], everything[~is_query]
+
+
+class Dataset:
+    """A `datasets:` entry of the config with its source: what the workflow asks about its files."""
+
+    def __init__(self, name: str, entry: Mapping[str, Any]):
+        self.name = name
+        self.where = f"datasets.{name}"
+        self.reader = reader_class(entry["source"])
+        common = fields_of(DatasetConf)
+        self.conf = DatasetConf.from_dict({k: v for k, v in entry.items() if k in common}, self.where)
+        own = {k: v for k, v in entry.items() if k not in common}
+        try:
+            self.options = self.reader.Options.from_dict(own, self.where)
+        except ConfigError as err:
+            known = [*common, *fields_of(self.reader.Options)]
+            key = next(k for k in own if k not in fields_of(self.reader.Options))
+            raise ConfigError(f"config: {self.where}.{key}: not a key of a `{self.conf.source}` dataset"
+                              f"{closest(key, known)}; its keys: {', '.join(known)}") from err
+        self._check()
+
+    def _check(self) -> None:
+        """What the schema cannot say about one entry, with the fix."""
+        where, reader, conf = f"config: {self.where}", self.reader, self.conf
+        if reader.generated and conf.root is not None:
+            raise ConfigError(f"{where}.root: `{conf.source}` scenes are always generated under resources/{self.name}")
+        if not reader.generated and reader.url is None and conf.root is None:
+            raise ConfigError(f"{where}: set `root` to the folder holding your images (and model)")
+        if conf.scenes is None and not reader.default_scenes and not reader.single_scene:
+            raise ConfigError(f"{where}: list its `scenes`")
+        if self.mode == "retrieve" and not self.queries:
+            raise ConfigError(f"{where}: mode retrieve needs `queries`, a glob over image names such as 'query/*'")
+
+    @property
+    def has_poses(self) -> bool:
+        return self.reader.has_poses
+
+    @property
+    def has_depth(self) -> bool:
+        return self.reader.has_depth
+
+    @property
+    def resources_dir(self) -> str:
+        """Where downloads, extractions and generated scenes of this dataset go."""
+        return f"resources/{self.name}"
+
+    @property
+    def root(self) -> str:
+        if self.conf.root is not None:
+            return self.conf.root.rstrip("/")
+        return f"{self.resources_dir}/{self.reader.resources_root}".rstrip("/")
+
+    @property
+    def url(self) -> str | None:
+        return self.conf.url or self.reader.url
+
+    @property
+    def scenes(self) -> list[str]:
+        if self.conf.scenes is not None:
+            return list(self.conf.scenes)
+        return list(self.reader.default_scenes) or [self.name]
+
+    @property
+    def single_scene(self) -> bool:
+        """One scene named after the dataset, at the root itself (colmap, folder without `scenes`)."""
+        return self.conf.scenes is None and self.reader.single_scene
+
+    @property
+    def mode(self) -> str:
+        return self.conf.mode or self.reader.default_mode
+
+    @property
+    def queries(self) -> str | None:
+        return self.conf.queries or (self.reader.default_queries if self.mode == "retrieve" else None)
+
+    @property
+    def downloaded(self) -> bool:
+        """Its files come from archives (not under a configured root, not generated)."""
+        return self.conf.root is None and self.reader.url is not None and not self.reader.generated
+
+    def reader_args(self, scene: str) -> dict[str, Any]:
+        """What `open_scene` needs for one scene (passed to jobs through `params:`)."""
+        if self.single_scene and scene != self.name:
+            raise ConfigError(f"dataset {self.name!r} has one scene, called {self.name!r}; asked for {scene!r}")
+        return {"source": self.conf.source, "root": self.root, "scene": None if self.single_scene else scene,
+                **self.options.to_dict()}
+
+    def open(self, scene: str) -> SceneReader:
+        return open_scene(**self.reader_args(scene))
+
+    def image_dir(self, scene: str) -> str:
+        return str(self.open(scene).image_dir)
+
+    def ground_truth_needs(self, scene: str) -> Needs:
+        """What the ground truth of `scene` reads."""
+        return self._needs(scene, "ground_truth", lambda reader: reader.input_files())
+
+    def depth_needs(self, scene: str) -> Needs:
+        """What training labels of `scene` read besides its ground truth."""
+        return self._needs(scene, "depth", lambda reader: reader.depth_files())
+
+    def _needs(self, scene: str, role: str, files) -> Needs:
+        reader = self.open(scene)
+        if self.reader.generated:
+            return Needs(generated=True)
+        if self.downloaded:
+            return Needs(parts=tuple(p.name for p in self.reader.archive_parts(scene) if p.role == role))
+        try:
+            paths = [str(p) for p in files(reader)]
+        except FileNotFoundError as err:
+            raise ConfigError(f"dataset {self.name!r}: {err}; set {self.where}.root in the config to the folder "
+                              f"that holds it (relative paths start at the working directory)") from err
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise ConfigError(f"dataset {self.name!r}: {missing[0]} not found; set {self.where}.root in the config "
+                              f"to the folder that holds it (now {self.root!r}; relative paths start at the "
+                              "working directory)")
+        return Needs(files=tuple(paths))
+
+    def archive_part(self, part: str) -> ArchivePart:
+        parts = {p.name: p for scene in self.scenes for p in self.reader.archive_parts(scene)}
+        if part not in parts:
+            raise ConfigError(f"dataset {self.name!r}: unknown archive part {part!r} (known: {sorted(parts)})")
+        return parts[part]
+
+    def part_target(self, part: str) -> str:
+        """The folder the members of an archive part are extracted into (with their archive paths)."""
+        return f"{self.resources_dir}/{self.archive_part(part).target}".rstrip("/")
+
+    def archive_url(self, archive: str) -> str:
+        if not self.url:
+            raise ConfigError(f"config: {self.where}: set `url`, the folder its archives are downloaded from")
+        return f"{self.url.rstrip('/')}/{archive}"

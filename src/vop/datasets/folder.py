@@ -11,11 +11,13 @@ EXIF rotation, which is also how the feature stages read images; other formats a
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from vop.conf import Conf
 from vop.datasets import SceneReader, no_poses
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -85,19 +87,27 @@ def image_sizes(image_dir: str | Path, names: list[str]) -> np.ndarray:
     return np.array([image_size(Path(image_dir) / n) for n in names], np.int64).reshape(len(names), 2)
 
 
+@dataclass(frozen=True, kw_only=True)
+class FolderOptions(Conf):
+    """`datasets.<name>` keys of a folder dataset: the image folder relative to the scene folder."""
+
+    images: str = ""
+
+
 class FolderScene(SceneReader):
-    """Images only. `images`: the image folder relative to the scene folder ("" = the scene folder)."""
+    """Images only, found recursively in the image folder."""
 
     source = "folder"
+    Options = FolderOptions
     has_poses = False
-
-    def __init__(self, root: str | Path, scene: str | None = None, images: str = ""):
-        super().__init__(root, scene)
-        self.images = images
+    single_scene = True
 
     @property
     def image_dir(self) -> Path:
-        return self.scene_dir / self.images if self.images else self.scene_dir
+        return self.scene_dir / self.options.images if self.options.images else self.scene_dir
+
+    def input_files(self) -> list[Path]:
+        return [self.image_dir]
 
     def ground_truth(self):
         names = list_images(self.image_dir)

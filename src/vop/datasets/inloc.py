@@ -13,22 +13,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vop.datasets import SceneReader, no_poses
+from vop.datasets import ArchivePart, SceneReader, no_poses
 from vop.datasets.folder import image_sizes, list_images
 
 DEFAULT_URL = "http://www.ok.sc.e.titech.ac.jp/INLOC/materials/"
 CUTOUTS_DIR, QUERY_DIR = "database/cutouts", "query/iphone7"
 # archive -> (folder it unpacks into, its top-level folder)
 ARCHIVES = {"cutouts.tar.gz": ("database", "cutouts"), "iphone7.tar.gz": ("query", "iphone7")}
-QUERIES = f"{QUERY_DIR}/*"
 
 
 class InLocScene(SceneReader):
     source = "inloc"
     has_poses = False
+    url = DEFAULT_URL
+    default_scenes = ("all",)
+    default_mode = "retrieve"
+    default_queries = f"{QUERY_DIR}/*"
 
-    def __init__(self, root: str | Path, scene: str | None = "all"):
-        super().__init__(root, scene or "all")
+    def __init__(self, root: str | Path, scene: str | None = "all", **options):
+        super().__init__(root, scene or "all", **options)
+
+    @classmethod
+    def archive_parts(cls, scene: str) -> list[ArchivePart]:
+        return [ArchivePart(top, archive, f"{top}/", target) for archive, (target, top) in ARCHIVES.items()]
+
+    def input_files(self) -> list[Path]:
+        return [self.root / CUTOUTS_DIR, self.root / QUERY_DIR]
 
     @property
     def scene_dir(self) -> Path:

@@ -27,16 +27,14 @@ import h5py
 import numpy as np
 from numpy.lib import format as npy_format
 
-from vop.datasets import NoDepthError, SceneReader
+from vop.datasets import ArchivePart, NoDepthError, SceneReader
 from vop.datasets.folder import image_sizes
 from vop.io import GroundTruth
 
 DEFAULT_URL = "https://cvg-data.inf.ethz.ch/megadepth/"
 TEST_SCENES = ("0015", "0022")
 INFO_DIR, IMAGE_DIR, DEPTH_DIR = "scene_info", "Undistorted_SfM", "depth_undistorted"
-# archive -> folder it unpacks to (each archive's top-level folder is its part of the layout)
-ARCHIVES = {"scene_info.tar.gz": INFO_DIR, "Undistorted_SfM.tar.gz": IMAGE_DIR,
-            "depth_undistorted.tar.gz": DEPTH_DIR}
+ARCHIVES = ("scene_info.tar.gz", "Undistorted_SfM.tar.gz", "depth_undistorted.tar.gz")  # one top folder each
 INFO_KEYS = ("image_paths", "depth_paths", "intrinsics", "poses", "overlap_matrix")
 
 
@@ -79,12 +77,29 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 class MegaDepthScene(SceneReader):
     source = "megadepth"
+    has_depth = True
+    url = DEFAULT_URL
+    default_scenes = TEST_SCENES
 
-    def __init__(self, root: str | Path, scene: str | None = None):
+    def __init__(self, root: str | Path, scene: str | None = None, **options):
         if not scene:
             raise ValueError(f"{root}: name the MegaDepth scene (e.g. {TEST_SCENES[0]})")
-        super().__init__(root, scene)
+        super().__init__(root, scene, **options)
         self._info = None
+
+    @classmethod
+    def archive_parts(cls, scene: str) -> list[ArchivePart]:
+        return [
+            ArchivePart("scene_info", "scene_info.tar.gz", f"{INFO_DIR}/"),
+            ArchivePart(f"{IMAGE_DIR}-{scene}", "Undistorted_SfM.tar.gz", f"{IMAGE_DIR}/{scene}/"),
+            ArchivePart(f"{DEPTH_DIR}-{scene}", "depth_undistorted.tar.gz", f"{DEPTH_DIR}/{scene}/", role="depth"),
+        ]
+
+    def input_files(self) -> list[Path]:
+        return [self.info_path, self.image_dir]
+
+    def depth_files(self) -> list[Path]:
+        return [self.root / DEPTH_DIR / self.scene]
 
     @property
     def info_path(self) -> Path:

@@ -6,7 +6,8 @@ rendered by ray casting (every pixel against every quad, nearest hit wins), so d
 exact. Cameras look at a few targets from varied distances, heights and focal lengths, and a few look
 elsewhere, so a scene holds pairs of every overlap from none to nearly full, with occlusions by the boxes.
 
-Written exactly like one scene of ETH3D's undistorted release (see vop.datasets.eth3d)::
+Written exactly like one scene of ETH3D's undistorted release (see vop.datasets.eth3d), and read by the
+same reader (`SyntheticScene` is the ETH3D reader plus the generator)::
 
     {out}/images/dslr_images_undistorted/IMG_0000.JPG              JPEG, quality 95
     {out}/dslr_calibration_undistorted/{cameras,images,points3D}.txt   PINHOLE cameras, COLMAP text
@@ -19,23 +20,28 @@ overlap |P_i & P_j| / min(|P_i|, |P_j|) measures shared visible surface without 
 
 World frame: z up, the floor is z = 0. Same seed and arguments -> byte-identical files.
 
-    python -m vop.datasets.synthetic resources/synthetic/scene0 --seed 0 --num-images 24
+    vop generate resources/synthetic/scene0 --seed 0 --num-images 24
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from vop.conf import Conf, SyntheticConf
 from vop.datasets import colmap, eth3d
+from vop.geometry import qvec_to_rotmat, rotmat_to_qvec
 from vop.io import replace_dir
+
+logger = logging.getLogger(__name__)
 
 # Photographs and scans shipped inside scikit-image's wheel (no pooch download needed). The two lists are
 # disjoint so an encoder trained on TRAIN scenes is evaluated on textures it never saw; near-duplicates
@@ -214,7 +220,7 @@ class View:
     @property
     def R(self) -> np.ndarray:
         # Rendering uses the rotation as read back from qvec, so the written model matches bit for bit.
-        return colmap.qvec_to_rotmat(self.qvec)
+        return qvec_to_rotmat(self.qvec)
 
     @property
     def center(self) -> np.ndarray:
@@ -493,8 +499,8 @@ def _place_views(rng, room, boxes, quads, num_images, width, height, texels_per_
             if abs(direction[2]) > 0.9 * np.linalg.norm(direction):
                 continue
             R = _look_at(center, look, rng.normal(0, 0.06))
-            qvec = colmap.rotmat_to_qvec(R)
-            R = colmap.qvec_to_rotmat(qvec)
+            qvec = rotmat_to_qvec(R)
+            R = qvec_to_rotmat(qvec)
             tvec = -R @ center
             # A coarse render must see no surface too close (the camera would face a wall or box).
             K_probe = np.array([[focal * probe_w, 0, probe_w / 2], [0, focal * probe_w, probe_h / 2], [0, 0, 1]])
@@ -573,8 +579,7 @@ def build_scene(seed: int, num_images: int = 24, width: int = 640, height: int =
 
 def generate_scene(out_dir: str | Path, seed: int, num_images: int = 24, width: int = 640, height: int = 480,
                    textures: list[str] | tuple[str, ...] | None = None, points_per_m2: float = 80.0,
-                   texels_per_m: float = 256.0, jpeg_quality: int = 95, overwrite: bool = False,
-                   verbose: bool = False) -> Scene:
+                   texels_per_m: float = 256.0, jpeg_quality: int = 95, overwrite: bool = False) -> Scene:
     """Render one scene into `out_dir` in the ETH3D layout; returns the scene (geometry, views, points).
 
     Everything is written into a temporary directory beside `out_dir` that is renamed at the end, so an
@@ -613,66 +618,60 @@ def generate_scene(out_dir: str | Path, seed: int, num_images: int = 24, width: 
             seen |= mask
             visible.append(mask)
             xys.append(xy)
-            if verbose:
-                print(f"{name}: {int(mask.sum())} points visible, {time.perf_counter() - start:.2f}s")
+            logger.debug("%s: %d points visible, %.2fs", name, int(mask.sum()), time.perf_counter() - start)
 
         # Keep observed points only, numbered 1.. in sampling order.
         keep = np.flatnonzero(seen)
         new_id = np.zeros(len(points), np.int64)
         new_id[keep] = np.arange(1, len(keep) + 1)
-        images = {}
-        for k, (view, name, mask, xy) in enumerate(zip(scene.views, scene.names, visible, xys)):
-            observed = np.flatnonzero(mask)
-            images[k + 1] = colmap.Image(k + 1, name, view.qvec, view.tvec, k + 1, xy[observed], new_id[observed])
-        # Tracks: every observation (point, image, index in that image), grouped by point, images in order.
+        # Tracks: every observation (image, index in that image), grouped by point, images in order.
         obs_point = np.concatenate([new_id[np.flatnonzero(m)] for m in visible])
-        obs_image = np.concatenate([np.full(m.sum(), k + 1) for k, m in enumerate(visible)]).astype(np.int64)
+        obs_image = np.concatenate([np.full(m.sum(), k) for k, m in enumerate(visible)]).astype(np.int64)
         obs_index = np.concatenate([np.arange(m.sum()) for m in visible]).astype(np.int64)
         order = np.argsort(obs_point, kind="stable")
         splits = np.cumsum(np.bincount(obs_point, minlength=len(keep) + 1))[:-1]
-        track_images = np.split(obs_image[order], splits)[1:]
-        track_idx = np.split(obs_index[order], splits)[1:]
-        cameras = {k + 1: colmap.Camera(k + 1, "PINHOLE", width, height,
-                                        np.array([v.K[0, 0], v.K[1, 1], v.K[0, 2], v.K[1, 2]]))
-                   for k, v in enumerate(scene.views)}
-        points3D = {int(new_id[p]): colmap.Point3D(int(new_id[p]), points[p], colours[p], 0.0,
-                                                   track_images[s], track_idx[s])
-                    for s, p in enumerate(keep)}
-        colmap.write_model_text(colmap.Model(cameras, images, points3D), tmp / MODEL_DIR)
+        tracks = np.split(np.stack([obs_image[order], obs_index[order]], 1), splits)[1:]
+        colmap.write_model(colmap.ModelArrays(
+            names=list(scene.names), K=np.stack([v.K for v in scene.views]),
+            size=np.tile([width, height], (num_images, 1)), qvec=np.stack([v.qvec for v in scene.views]),
+            tvec=np.stack([v.tvec for v in scene.views]), xys=[xy[m] for xy, m in zip(xys, visible)],
+            xyz=points[keep], rgb=colours[keep], tracks=tracks), tmp / MODEL_DIR)
 
         replace_dir(tmp, out_dir)  # with overwrite: swap in the new scene, then drop the old one
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     scene.points3D = points[keep]
     scene.path = out_dir
-    if verbose:
-        print(f"{out_dir}: {num_images} images, {len(keep)} points in {time.perf_counter() - start:.2f}s")
+    logger.info("%s: %d images, %d points in %.2fs", out_dir, num_images, len(keep), time.perf_counter() - start)
     return scene
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m vop.datasets.synthetic",
-        description="Render one synthetic scene in the ETH3D layout (images, COLMAP model, raw depth).",
-    )
-    parser.add_argument("out", type=Path, help="scene directory to create")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-images", type=int, default=24)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--textures", default="eval",
-                        help="'eval', 'train', or comma-separated names of " + ",".join(sorted(TEXTURE_FILES)))
-    parser.add_argument("--points-per-m2", type=float, default=80.0, help="density of the 3D points")
-    parser.add_argument("--texels-per-m", type=float, default=256.0, help="texture resolution")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing scene directory")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    named = {"eval": EVAL_TEXTURES, "train": TRAIN_TEXTURES}
-    textures = named.get(args.textures) or [t.strip() for t in args.textures.split(",") if t.strip()]
-    generate_scene(args.out, args.seed, args.num_images, args.width, args.height, textures, args.points_per_m2,
-                   args.texels_per_m, args.jpeg_quality, args.overwrite, verbose=not args.quiet)
+@dataclass(frozen=True, kw_only=True)
+class SyntheticOptions(Conf):
+    """`datasets.<name>` keys of a synthetic dataset."""
+
+    synthetic: SyntheticConf = SyntheticConf()
 
 
-if __name__ == "__main__":
-    main()
+class SyntheticScene(eth3d.Eth3dScene):
+    """A generated scene: the ETH3D reader over what `generate` renders into the scene folder."""
+
+    source = "synthetic"
+    Options = SyntheticOptions
+    generated = True
+    url = None
+    resources_root = ""
+    default_scenes = ()
+
+    @classmethod
+    def archive_parts(cls, scene: str) -> list:
+        return []
+
+    def generate(self) -> Scene:
+        """Render the scene into its folder, replacing what is there."""
+        conf = self.options.synthetic
+        # A scene's seed follows from the dataset seed and the scene's name, not its position in the list.
+        seed = zlib.crc32(f"{conf.seed}/{self.scene}".encode())
+        textures = TRAIN_TEXTURES if conf.textures == "train" else EVAL_TEXTURES
+        return generate_scene(self.scene_dir, seed=seed, num_images=conf.num_images, width=conf.width,
+                              height=conf.height, textures=textures, overwrite=True)

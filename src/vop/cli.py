@@ -1,0 +1,385 @@
+"""`vop <stage> ...`: every stage of the workflow from the command line, one flag style.
+
+Each subcommand calls the same stage function as the workflow's rule. Its settings are the fields of the
+stage's conf (vop.conf), as `--kebab-case` flags with the conf's defaults, so `--max-keypoints` is the
+config key `local_features.max_keypoints`; booleans come as `--flag` / `--no-flag`, lists as several
+values. Files are flags too (`--gt`, `--out`, ...). Heavy modules are imported by the subcommand that
+runs, so `vop --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vop import conf as confs
+from vop.conf import Conf, default_of, fields_of
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _options(hint) -> list:
+    """The types a conf field may take: the members of a union (None dropped), or the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(hint) if a is not type(None)]
+    return [hint]
+
+
+def _scalar_type(hint):
+    """The argparse type of a conf field: int, float, str; a union with a literal ("auto") stays text."""
+    args = _options(hint)
+    if any(typing.get_origin(a) is typing.Literal for a in args) and any(a in (int, float) for a in args):
+        number = float if float in args else int
+        return lambda text: text if text == "auto" else number(text)
+    for candidate in (bool, int, float, str):
+        if candidate in args:
+            return candidate
+    literal = next((a for a in args if typing.get_origin(a) is typing.Literal), None)
+    return str if literal is not None else None
+
+
+def add_conf_flags(parser: argparse.ArgumentParser, conf: type[Conf], skip: Sequence[str] = ()) -> None:
+    """One flag per field of `conf` (except `skip` and nested confs), default and choices from the conf."""
+    hints = typing.get_type_hints(conf)
+    for name, f in fields_of(conf).items():
+        if name in skip:
+            continue
+        hint = hints[name]
+        args = _options(hint)
+        if any(isinstance(a, type) and issubclass(a, Conf) for a in args):
+            continue
+        default = default_of(f)
+        required = default is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_text = "(required)" if required else f"(default: {default})"
+        is_list = any(typing.get_origin(a) is tuple for a in args)
+        if bool in args:
+            parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        kwargs: dict = {"default": default, "required": required, "help": help_text}
+        literal = next((a for a in args if typing.get_origin(a) is typing.Literal), None)
+        if literal is not None and not any(a in (int, float) for a in args):
+            kwargs["choices"] = list(typing.get_args(literal))
+        if is_list:
+            inner = next(a for a in args if typing.get_origin(a) is tuple)
+            kwargs.update(nargs="+", type=_scalar_type(typing.get_args(inner)[0]))
+        else:
+            kwargs["type"] = _scalar_type(hint)
+        parser.add_argument(_flag(name), **kwargs)
+
+
+def conf_from_args(conf: type[Conf], args: argparse.Namespace, **fixed) -> Conf:
+    values = {name: getattr(args, name) for name in fields_of(conf) if hasattr(args, name)}
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+    return conf.from_dict({**values, **fixed})
+
+
+def _image_flags(p):
+    p.add_argument("--image-dir", type=Path, required=True, help="the folder image names are relative to")
+    p.add_argument("--names-from", type=Path, required=True, help="gt.h5 (root `names`) or a text file of names")
+
+
+def _names(args) -> list[str]:
+    from vop.features import read_names_file
+
+    return read_names_file(args.names_from)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Subcommands: (parser set-up, run)
+
+
+def _generate(p):
+    p.add_argument("out", type=Path, help="scene folder to create (ETH3D layout)")
+    add_conf_flags(p, confs.SyntheticConf)
+
+    def run(args):
+        from vop.datasets import synthetic
+
+        conf = conf_from_args(confs.SyntheticConf, args)
+        textures = synthetic.TRAIN_TEXTURES if conf.textures == "train" else synthetic.EVAL_TEXTURES
+        synthetic.generate_scene(args.out, conf.seed, conf.num_images, conf.width, conf.height, textures,
+                                 overwrite=True)
+    return run
+
+
+def _download(p):
+    p.add_argument("url")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--config-key", help="the config key that skips the download, named in errors")
+
+    def run(args):
+        from vop.download import download
+
+        download(args.url, args.dest, config_key=args.config_key)
+    return run
+
+
+def _verify(p):
+    p.add_argument("archive", type=Path)
+
+    def run(args):
+        from vop.download import verify_archive
+
+        verify_archive(args.archive)
+        print(f"{args.archive}: ok")
+    return run
+
+
+def _extract(p):
+    p.add_argument("archive", type=Path)
+    p.add_argument("target", type=Path)
+    p.add_argument("--member-prefix", default="", help="extract only the members under this folder")
+
+    def run(args):
+        from vop.download import extract
+
+        extract(args.archive, args.target, member_prefix=args.member_prefix, overwrite=True)
+    return run
+
+
+def _scene_flags(p):
+    p.add_argument("--source", required=True, help="dataset source (vop.datasets.SOURCES, or module:Class)")
+    p.add_argument("--root", type=Path, required=True, help="the dataset folder")
+    p.add_argument("--scene", help="the scene (none: the root is the scene, for colmap and folder)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a key of the source's own, e.g. images=images or model=sparse/0")
+
+
+def _open_scene(args):
+    from vop.datasets import open_scene
+
+    options = dict(o.split("=", 1) for o in args.option)
+    return open_scene(args.source, args.root, args.scene, **options)
+
+
+def _ground_truth(p):
+    _scene_flags(p)
+    p.add_argument("--out", type=Path, required=True, help="gt.h5 to write")
+
+    def run(args):
+        gt = _open_scene(args).write_ground_truth(args.out)
+        print(f"{args.out}: {len(gt.names)} images, overlap {'yes' if gt.overlap is not None else 'no'}")
+    return run
+
+
+def _features(p):
+    _image_flags(p)
+    p.add_argument("--backbone", required=True, help="dense_sift or dinov2_vit{s,b,l,g}14")
+    p.add_argument("--out", type=Path, required=True, help="features-{backbone}.h5 to write")
+    p.add_argument("--with-flipped", action="store_true", help="also the tokens of the mirrored images")
+    p.add_argument("--workers", type=int, default=2, help="threads reading images")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    add_conf_flags(p, confs.BackboneConf)
+
+    def run(args):
+        from vop.backbones import load_backbone
+        from vop.features import dump_features
+
+        conf = conf_from_args(confs.BackboneConf, args)
+        backbone = load_backbone(args.backbone, conf.weights, args.device)
+        dump_features(args.image_dir, _names(args), backbone, args.out, batch_size=conf.batch_size,
+                      num_workers=args.workers, with_flipped=args.with_flipped)
+    return run
+
+
+def _labels(p):
+    _scene_flags(p)
+    p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
+    p.add_argument("--out", type=Path, required=True, help="labels.h5 to write")
+    add_conf_flags(p, confs.LabelsConf)
+
+    def run(args):
+        from vop.labels import scene_labels
+
+        scene_labels(_open_scene(args), args.gt, args.out, conf_from_args(confs.LabelsConf, args))
+    return run
+
+
+def _train(p):
+    p.add_argument("--scene", nargs=2, action="append", required=True, metavar=("FEATURES_H5", "LABELS_H5"),
+                   help="a training scene; repeat for more")
+    p.add_argument("--backbone", required=True, help="the backbone of the features (stored in the checkpoint)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--history", type=Path, help="csv of the losses per epoch")
+    p.add_argument("--plot", type=Path, help="png of the losses per epoch")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    add_conf_flags(p, confs.TrainConf, skip=("datasets",))
+
+    def run(args):
+        from vop.training import train_encoder
+
+        train_encoder([tuple(s) for s in args.scene], args.out, args.backbone, conf_from_args(confs.TrainConf, args),
+                      device=args.device, log_csv=args.history, plot_png=args.plot)
+    return run
+
+
+def _embeddings(p):
+    p.add_argument("--features", type=Path, required=True, help="features-{backbone}.h5")
+    p.add_argument("--out", type=Path, required=True, help="embeddings-{encoder}.h5 to write")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    add_conf_flags(p, confs.EncoderConf)
+
+    def run(args):
+        from vop.encoder import apply_encoder
+
+        apply_encoder(args.features, args.out, conf_from_args(confs.EncoderConf, args), device=args.device)
+    return run
+
+
+def _retrieve(p):
+    methods = p.add_subparsers(dest="type", required=True, metavar="TYPE")
+    for kind, conf in confs.METHOD_CONFS.items():
+        m = methods.add_parser(kind, help=(conf.__doc__ or "").splitlines()[0])
+        m.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5 (image order, overlap)")
+        if conf.needs in ("features", "embeddings"):
+            m.add_argument(f"--{conf.needs}", type=Path, required=True, help=f"the scene's {conf.needs} h5")
+        m.add_argument("--out-dir", type=Path, required=True, help="folder of pairs.txt, scores.csv, retrieval.json")
+        m.add_argument("--scene", default="", help="the scene's name (in messages and the random seed)")
+        m.add_argument("--mode", choices=["register", "retrieve"], default="register")
+        m.add_argument("--queries", help="retrieve mode: glob over image names selecting the queries")
+        m.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+        add_conf_flags(m, conf, skip=("type",))
+
+    def run(args):
+        from vop.retrieval import run_method
+
+        conf = conf_from_args(confs.METHOD_CONFS[args.type], args)
+        run_method(conf, args.scene, args.gt, args.out_dir, getattr(args, "features", None),
+                   getattr(args, "embeddings", None), args.mode, args.queries, args.device)
+    return run
+
+
+def _local_features(p):
+    _image_flags(p)
+    p.add_argument("--out", type=Path, required=True, help="local_features.h5 to write")
+    p.add_argument("--workers", type=int, default=2)
+    add_conf_flags(p, confs.LocalFeaturesConf)
+
+    def run(args):
+        from vop.local_features import extract_local_features
+
+        extract_local_features(args.image_dir, _names(args), args.out, conf_from_args(confs.LocalFeaturesConf, args),
+                               num_workers=args.workers)
+    return run
+
+
+def _pose(p):
+    p.add_argument("--pairs", type=Path, required=True, help="pairs.txt (hloc format)")
+    p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
+    p.add_argument("--local-features", type=Path, required=True, help="local_features.h5")
+    p.add_argument("--out", type=Path, required=True, help="pose.csv to write")
+    p.add_argument("--workers", type=int, default=2)
+    add_conf_flags(p, confs.PoseConf)
+
+    def run(args):
+        from vop.io import read_pairs
+        from vop.pose import estimate_poses
+
+        estimate_poses(read_pairs(args.pairs), args.gt, args.local_features, args.out,
+                       conf_from_args(confs.PoseConf, args), num_workers=args.workers)
+    return run
+
+
+def _read_entries(path: Path) -> list[dict]:
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: not valid JSON ({err}); expected a list of entries") from err
+    if not isinstance(entries, list):
+        raise SystemExit(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+    return entries
+
+
+def _table(p):
+    p.add_argument("--entries", type=Path, required=True,
+                   help="JSON list of {method, scene, pose_csv, pairs_txt, gt_h5, k[, mode, queries]}")
+    p.add_argument("--out", type=Path, required=True, help="auc.csv to write")
+    add_conf_flags(p, confs.MetricsConf)
+
+    def run(args):
+        from vop.metrics import summarize
+
+        conf = conf_from_args(confs.MetricsConf, args)
+        print(summarize(_read_entries(args.entries), args.out, tau=conf.overlap_tau).to_string(index=False))
+    return run
+
+
+def _plots(p):
+    p.add_argument("--entries", type=Path, required=True,
+                   help="JSON list of {method, scene, pose_csv, pairs_txt, gt_h5, k, image_dir}")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--auc", type=Path, help="also write summary.html with this table and the figures")
+    add_conf_flags(p, confs.MetricsConf)
+
+    def run(args):
+        from vop.plots import make_plots
+
+        out, conf = args.out_dir, conf_from_args(confs.MetricsConf, args)
+        make_plots(_read_entries(args.entries), out / "pose_errors.png", out / "recall.png", out / "retrievals.png",
+                   tau=conf.overlap_tau, auc_csv=args.auc, summary_html=out / "summary.html" if args.auc else None)
+    return run
+
+
+def _check(p):
+    p.add_argument("results", type=Path, help="a dataset's results folder, e.g. results/demo")
+
+    def run(args):
+        from vop.reference import check_method_dir, method_dirs
+
+        found = method_dirs(args.results)
+        if not found:
+            print(f"no vop retrieval under {args.results}", file=sys.stderr)
+            return 2
+        ok = True
+        for method_dir in found:
+            equal, message = check_method_dir(method_dir)
+            ok &= equal
+            print(message)
+        return 0 if ok else 1
+    return run
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "generate": (_generate, "render a synthetic scene (ETH3D layout) offline"),
+    "download": (_download, "download a dataset archive (resumable, verified)"),
+    "verify": (_verify, "test an archive (zip CRCs, a full tar read)"),
+    "extract": (_extract, "unpack an archive safely (members escaping the target are refused)"),
+    "ground-truth": (_ground_truth, "gt.h5 of a scene: intrinsics, poses, image sizes, overlap"),
+    "features": (_features, "backbone CLS and patch tokens of every image"),
+    "labels": (_labels, "ground-truth patch correspondences of sampled pairs, from depth"),
+    "train": (_train, "train the VOP patch head on labelled scenes"),
+    "embeddings": (_embeddings, "apply an encoder (identity or VOP) to a features file"),
+    "retrieve": (_retrieve, "rank the database images of every query with one method"),
+    "local-features": (_local_features, "SIFT keypoints and descriptors of every image"),
+    "pose": (_pose, "relative pose of every retrieved pair, scored against the ground truth"),
+    "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
+    "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),
+    "check": (_check, "recompute every vop retrieval the straightforward way and compare"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vop", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log", help="log file (default: the terminal)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, (setup, help_text) in COMMANDS.items():
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        stage.set_defaults(run=setup(stage))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vop.utils import setup_logging
+
+    setup_logging(args.log)
+    status = args.run(args)
+    return int(status or 0)

@@ -1,0 +1,292 @@
+"""Typed configuration of every stage: the project's defaults, in one place.
+
+Each block of config/config.yaml maps to one frozen dataclass whose field names are its keys
+(`labels:` -> LabelsConf, `pose:` -> PoseConf, a `methods:` entry -> the conf of its `type`, ...). The
+workflow hands a block to its script as written, the script builds the conf with `from_dict`, and the
+stage function takes the conf; the `vop` command line builds its flags from the same fields. So a default
+lives here and nowhere else, and tests/test_conf.py checks that the JSON schema states the same ones.
+
+This module imports nothing heavy: the Snakefile, the CLI and the readers' layouts use it at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
+
+C = TypeVar("C", bound="Conf")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and the fix."""
+
+
+def closest(name: str, candidates) -> str:
+    """' (did you mean `x`?)' for the closest candidate, or ''."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean `{match[0]}`?)" if match else ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conf:
+    """Base of the stage confs: built from a config block, checked, and turned back into one."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any] | None = None, where: str = "") -> C:
+        """The conf of a config block; unknown keys and missing required ones name `where.key`."""
+        data = dict(data or {})
+        hints = typing.get_type_hints(cls)
+        known = [f.name for f in dataclasses.fields(cls) if f.init]
+        prefix = f"{where}." if where else ""
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"config: {prefix}{key}: unknown key{closest(key, known)}; "
+                                  f"known keys: {', '.join(known)}")
+        values = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+        missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"config: {prefix}{missing[0]}: required key missing")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config block of this conf (tuples as lists, nested confs as dicts)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+
+    def replace(self: C, **changes) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(hint, value, where: str):
+    """Nested confs from dicts, lists to tuples; everything else as given (the schema checked types)."""
+    for option in typing.get_args(hint) or (hint,):
+        if isinstance(option, type) and issubclass(option, Conf) and isinstance(value, Mapping):
+            return option.from_dict(value, where)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _plain(value):
+    if isinstance(value, Conf):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def fields_of(conf: type[Conf]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(conf) if f.init}
+
+
+def default_of(f: dataclasses.Field):
+    """A field's default as a config value (None where the key is required)."""
+    if f.default is not dataclasses.MISSING:
+        return _plain(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return _plain(f.default_factory())
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticConf(Conf):
+    """`datasets.<name>.synthetic`: how the offline generator renders each scene."""
+
+    seed: int = 0
+    num_images: int = 24
+    width: int = 640
+    height: int = 480
+    textures: Literal["eval", "train"] = "eval"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetConf(Conf):
+    """The keys every `datasets:` entry has; a source's own keys (images, model, synthetic, ...) are
+    its reader's `Options` (vop.datasets)."""
+
+    source: str
+    backbone: str
+    methods: tuple[str, ...]
+    root: str | None = None
+    url: str | None = None
+    scenes: tuple[str, ...] | None = None
+    mode: Literal["register", "retrieve"] | None = None  # None: the source's (vop.datasets)
+    queries: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Features, encoders, training
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneConf(Conf):
+    """`backbones.<name>`: weights (a file, a Hugging Face folder, hf, hub, random; null: local caches)."""
+
+    weights: str | None = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelsConf(Conf):
+    """`labels`: ground-truth patch correspondences of sampled pairs, from depth (vop.labels)."""
+
+    pairs_per_bin: int = 40
+    num_negative: int = 40
+    stride: int = 2
+    seed: int = 0
+    depth_tol: float = 0.05
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConf(Conf):
+    """`encoders.<name>.train`: training of the VOP head (vop.training)."""
+
+    datasets: tuple[str, ...] = ()
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    dropout: float = 0.1
+    out_dim: int = 256
+    val_fraction: float = 0.15
+    flip: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConf(Conf):
+    """`encoders.<name>`: identity (normalised tokens) or the VOP head, trained here or loaded."""
+
+    type: Literal["identity", "vop"]
+    backbone: str | None = None
+    checkpoint: str | None = None
+    train: TrainConf | None = None
+    batch_size: int = 64
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retrieval methods (vop.retrieval registers a function per type)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConf(Conf):
+    """A `methods:` entry. `needs` says which scene file the method reads besides gt.h5."""
+
+    needs: ClassVar[str | None] = None
+    type: str
+    k: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefilterIndexConf(Conf):
+    """The faiss index of a global-descriptor search (vop.prefilter): exact below `ivf_min_images`
+    database images, IVF above, `ivf_nprobe` lists visited per query."""
+
+    ivf_min_images: int = 100_000
+    ivf_nprobe: int = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClsConf(PrefilterIndexConf, MethodConf):
+    """Top-k by cosine of the global descriptors (faiss: exact below ivf_min_images, IVF above)."""
+
+    needs: ClassVar[str | None] = "features"
+    type: Literal["cls"] = "cls"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VopConf(PrefilterIndexConf, MethodConf):
+    """Top-`prefilter` by global descriptor, then patch voting (radius search + TF-IDF), top-k by votes."""
+
+    needs: ClassVar[str | None] = "embeddings"
+    type: Literal["vop"] = "vop"
+    encoder: str
+    prefilter: int
+    radius: float | Literal["auto"] = "auto"
+    tfidf: bool = True
+    seed: int = 0
+    chunk_images: int = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class OracleConf(MethodConf):
+    """Top-k by ground-truth overlap: the upper bound."""
+
+    needs: ClassVar[str | None] = "overlap"
+    type: Literal["oracle"] = "oracle"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomConf(MethodConf):
+    """Seeded random database images: the lower bound."""
+
+    type: Literal["random"] = "random"
+    seed: int = 0
+
+
+METHOD_CONFS: dict[str, type[MethodConf]] = {"cls": ClsConf, "vop": VopConf, "oracle": OracleConf,
+                                              "random": RandomConf}
+
+
+def method_conf(entry: Mapping[str, Any], where: str = "methods") -> MethodConf:
+    """The conf of a `methods:` entry, by its `type`."""
+    kind = entry.get("type")
+    if kind not in METHOD_CONFS:
+        raise ConfigError(f"config: {where}.type: unknown method type {kind!r}{closest(str(kind), METHOD_CONFS)}; "
+                          f"expected one of {', '.join(METHOD_CONFS)}")
+    return METHOD_CONFS[kind].from_dict(entry, where)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Poses and metrics
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalFeaturesConf(Conf):
+    """`local_features`: SIFT once per image of a scene (vop.local_features)."""
+
+    extractor: Literal["opencv", "pycolmap"] = "opencv"
+    max_keypoints: int = 4096
+    resize_max: int = 1600
+    root_sift: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoseConf(Conf):
+    """`pose`: matching and relative pose of every retrieved pair (vop.pose)."""
+
+    estimator: Literal["opencv", "poselib", "pycolmap"] = "opencv"
+    threshold_px: float | tuple[float, ...] = (0.5, 1.5, 2.0, 3.0)
+    ratio: float = 0.8
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """The RANSAC thresholds of the sweep (one number: no sweep)."""
+        values = self.threshold_px if isinstance(self.threshold_px, tuple) else (self.threshold_px,)
+        return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConf(Conf):
+    """`metrics`: a database image is relevant to a query when their overlap is >= overlap_tau."""
+
+    overlap_tau: float = 0.1
+
+
+# Top-level config blocks that are one conf each.
+STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
+                                      "pose": PoseConf, "metrics": MetricsConf}
+
+__all__ = [
+    "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
+    "LocalFeaturesConf", "METHOD_CONFS", "MethodConf", "MetricsConf", "OracleConf", "PoseConf", "RandomConf",
+    "STAGE_CONFS", "SyntheticConf", "TrainConf", "VopConf", "method_conf",
+]
