@@ -56,6 +56,15 @@ def test_truncated_jpeg_is_refused(tmp_path, jpeg_bytes, cut, capfd):
     assert "JPEG" not in capfd.readouterr().err  # nothing unnamed on the terminal
 
 
+@pytest.mark.parametrize("params", [[cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 2],
+                                    [cv2.IMWRITE_JPEG_OPTIMIZE, 1], [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, 0x111111]])
+def test_end_marker_found_in_jpeg_variants(params):
+    data = cv2.imencode(".jpg", _texture(), params)[1].tobytes()
+    assert images.jpeg_end(data) == len(data)
+    for end in (len(data) // 3, len(data) // 2, len(data) - 2):
+        assert images.jpeg_end(data[:end]) is None
+
+
 def test_jpeg_with_missing_pixels_but_an_end_marker_is_refused(tmp_path, jpeg_bytes, capfd):
     # Cut inside the entropy-coded data, EOI appended: libjpeg decodes it with grey rows and only warns.
     path = _write(tmp_path, "patched.jpg", jpeg_bytes[: len(jpeg_bytes) // 2] + b"\xff\xd9")
