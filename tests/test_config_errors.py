@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vop.config_errors import ConfigError, key_path, validate_config
+from vop.conf import ConfigError, key_path
+from vop.config_errors import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -46,7 +47,9 @@ def test_valid_config_gets_the_same_defaults_as_snakemake(config):
     _snakemake_validate(theirs, SCHEMA)
     assert ours == theirs
     assert ours != config  # defaults were filled in...
-    assert ours["methods"]["vop"]["chunk_images"] == 4096 and ours["datasets"]["demo"]["mode"] == "register"
+    assert ours["methods"]["vop"]["chunk_images"] == 4096
+    assert ours["datasets"]["demo"]["synthetic"]["textures"] == "eval"
+    assert ours["datasets"]["mary_rose"]["model"] == "sparse" and "model" not in ours["datasets"]["demo"]
     assert ours["backbones"]["dense_sift"]["weights"] is None
     assert "ivf_min_images" not in ours["methods"]["vop"]  # ...but, as snakemake, none behind a $ref
 
@@ -62,7 +65,7 @@ def test_minimal_config_gets_nested_defaults_like_snakemake():
     validate_config(ours, SCHEMA)
     _snakemake_validate(theirs, SCHEMA)
     assert ours == theirs
-    assert ours["labels"] == {"pairs_per_bin": 40, "num_negative": 40, "stride": 2, "seed": 0}
+    assert ours["labels"] == {"pairs_per_bin": 40, "num_negative": 40, "stride": 2, "seed": 0, "depth_tol": 0.05}
     assert ours["pose"]["threshold_px"] == [0.5, 1.5, 2.0, 3.0]
     assert ours["datasets"]["d"]["synthetic"]["num_images"] == 24
     assert ours["encoders"]["e"]["train"]["epochs"] == 30
@@ -98,7 +101,12 @@ def test_wrong_enum_value(config):
     config["datasets"]["eth3d"]["source"] = "eth3"
     lines = str(_error(config)).splitlines()
     assert lines[0] == "datasets.eth3d.source: 'eth3' is not allowed; did you mean 'eth3d'?"
-    assert lines[1] == "  allowed: synthetic, eth3d, megadepth, inloc, colmap, folder"
+    assert lines[1].startswith("  allowed: synthetic, eth3d, megadepth, inloc, colmap, folder, or a string matching")
+    config["datasets"]["eth3d"]["source"] = "eth3d"
+    config["datasets"]["demo"]["source"] = "synthetc"  # its `synthetic:` block then belongs to no source
+    lines = str(_error(config)).splitlines()
+    assert lines[0] == "datasets.demo.source: 'synthetc' is not allowed; did you mean 'synthetic'?"
+    assert lines[2].startswith("  also: datasets.demo.synthetic: not allowed here (only with source: synthetic)")
 
 
 def test_wrong_type(config):
@@ -149,8 +157,9 @@ def test_typo_in_the_key_that_selects_the_branch(config):
 
 def test_alternatives(config):
     config["methods"]["vop"]["radius"] = "autoo"
-    assert _first(config) == ("methods.vop.radius: 'autoo' is not valid; expected 'auto' or a number > 0 and <= 1; "
-                              "did you mean 'auto'?")
+    lines = str(_error(config)).splitlines()
+    assert lines[:2] == ["methods.vop.radius: 'autoo' is not allowed; did you mean 'auto'?",
+                         "  allowed: auto, or a number > 0 and <= 1"]
     config["methods"]["vop"]["radius"] = 0.2
     config["pose"]["threshold_px"] = [0.5, -1]  # clearly meant as the list form: its item is explained
     assert _first(config) == "pose.threshold_px[1]: -1 is less than or equal to the minimum of 0"
@@ -160,6 +169,15 @@ def test_alternatives(config):
     config["encoders"]["vop_sift"]["train"] = {"datasets": ["demo_train"]}
     config["encoders"]["vop_sift"]["checkpoint"] = "vop.ckpt"
     assert _first(config) == "encoders.vop_sift: give only one of the keys 'train' or 'checkpoint'"
+
+
+def test_key_of_another_source(config):
+    config["datasets"]["demo"]["model"] = "sparse"  # a colmap key on a synthetic dataset
+    assert _first(config).startswith("datasets.demo.model: not allowed here (only with source: colmap); "
+                                     "allowed here: source, root, url, scenes")
+    del config["datasets"]["demo"]["model"]
+    config["datasets"]["mary_rose"]["imags"] = "images"
+    assert _first(config) == "datasets.mary_rose.imags: unknown key; did you mean 'images'?"
 
 
 def test_names_of_entries(config):
@@ -176,7 +194,9 @@ def test_several_problems_are_listed_briefly(config):
     config["metrics"]["overlap_tau"] = 2
     config["labels"]["stride"] = 0
     lines = str(_error(config)).splitlines()
-    assert lines[0] == "methods.vop.prefiltr: unknown key; did you mean 'prefilter'?"
+    # Two typos rank alike; the one met first (schema order: datasets before methods) leads.
+    assert lines[0] == "datasets.eth3d.source: 'eth3' is not allowed; did you mean 'eth3d'?"
+    assert "  also: methods.vop.prefiltr: unknown key; did you mean 'prefilter'?" in lines
     assert sum(line.startswith("  also: ") for line in lines) == 2
     assert lines[-2] == "  ... and 1 more problem(s)"
 

@@ -146,14 +146,31 @@ def test_changing_vop_prefilter_reruns_only_vop(tiny_run):
     assert all(f"/{m}/" not in outputs for m in ["vop_identity", "cls", "oracle", "random"])
 
 
-def test_config_typo_is_rejected(tmp_path):
-    config = copy.deepcopy(TINY_CONFIG)
-    config["methods"]["vop"]["prefiltr"] = 4
-    write_config(tmp_path, config)
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n"]
+def _config_error(workdir: Path, config: dict) -> list[str]:
+    """Snakemake's output on a bad config, from the line that starts the error."""
+    write_config(workdir, config)
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "prefiltr" in proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Config error: "))
+    assert all("Using workflow specific profile" in line for line in lines[:start])  # nothing before the error
+    return lines[start:]
+
+
+def test_config_typo_is_reported_on_the_first_line_with_the_fix(tmp_path):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["methods"]["vop"]["prefiltr"] = config["methods"]["vop"].pop("prefilter")
+    lines = _config_error(tmp_path, config)
+    assert lines[0] == "Config error: methods.vop.prefiltr: unknown key; did you mean 'prefilter'?"
+    assert lines[1].startswith("  allowed here: type, k, encoder, prefilter, radius")
+    assert lines[-1] == "  (in config/config.yaml)" and len(lines) == 3  # no schema dump, no traceback
+    # The checks across blocks (vop.workflow) lead the same way.
+    config["methods"]["vop"]["prefilter"] = config["methods"]["vop"].pop("prefiltr")
+    config["methods"]["vop"]["encoder"] = "vop_tiyn"
+    lines = _config_error(tmp_path, config)
+    assert lines == ["Config error: methods.vop.encoder: 'vop_tiyn' is not under `encoders:`; did you mean 'vop_tiny'?",
+                     "  under `encoders:` now: identity, vop_tiny; name one of them or add 'vop_tiyn' there"]
 
 
 def test_vop_pairs_equal_the_independent_reference(tiny_run, capsys):

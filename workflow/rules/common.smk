@@ -2,15 +2,12 @@
 # asks it and keeps none of its own. Every value a job depends on goes through `params:`.
 import re
 
-from snakemake.exceptions import WorkflowError
-
-from vop.conf import ConfigError, method_conf
+from vop.conf import method_conf
+from vop.config_errors import exit_on_config_error
 from vop.workflow import load_datasets
 
-try:
+with exit_on_config_error():  # the message (key path and fix first), without a traceback
     DATASETS = load_datasets(config)  # name -> vop.datasets.Dataset
-except ConfigError as err:
-    raise WorkflowError(str(err)) from None
 METHODS = config["methods"]
 ENCODERS = config["encoders"]
 TRAINED_ENCODERS = [name for name, enc in ENCODERS.items() if "train" in enc]
