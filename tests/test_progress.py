@@ -161,3 +161,39 @@ def test_rule_log_gets_lines_even_when_stderr_is_a_terminal(tmp_path, restore_lo
     assert stream.getvalue() == ""
     assert "vop.progress: features: 5/100 (5%)" in text and "features: 100/100 (100%) in 0s" in text
     assert "\r" not in text and len(text.splitlines()) == 20
+
+
+def test_sizes_and_a_resumed_start(caplog):
+    # A download resumed at 40 MB of 100 MB: the rate counts this run's bytes only, the share all of them.
+    clock = Clock()
+    caplog.set_level(logging.INFO, logger="vop.progress")
+    with Progress(100_000_000, "download x.zip", unit="B", initial=40_000_000, terminal=False, clock=clock,
+                  every_seconds=0) as bar:
+        clock.t = 2.0
+        bar.update(10_000_000)  # 5 MB/s, 50 MB left -> 10 s
+        clock.t = 3.0
+        bar.update(1_000)  # every_seconds=0: a line on every update
+    assert _lines(caplog) == ["download x.zip: 50.0 MB/100.0 MB (50%) 5.0 MB/s, 10s left",
+                              "download x.zip: 50.0 MB/100.0 MB (50%) 3.3 MB/s, 15s left",
+                              "download x.zip: stopped at 50.0 MB/100.0 MB (50%) after 3s, 3.3 MB/s"]
+    caplog.clear()
+    with Progress(None, "read", unit="B", terminal=False, clock=clock) as bar:  # unknown size
+        clock.t = 5.0
+        bar.update(2_500_000_000)
+    assert _lines(caplog) == ["read: 2.5 GB in 2s, 1.2 GB/s"]
+
+
+def test_a_notebook_gets_a_bar(monkeypatch):
+    pytest.importorskip("tqdm")
+
+    class ZMQInteractiveShell:  # what IPython.get_ipython() returns in a Jupyter kernel
+        pass
+
+    monkeypatch.setitem(sys.modules, "IPython", type(sys)("IPython"))
+    sys.modules["IPython"].get_ipython = ZMQInteractiveShell
+    stream = io.StringIO()  # not a terminal: outside a notebook this would be log lines
+    with Progress(4, "features", unit="images", stream=stream) as bar:
+        assert bar._bar is not None
+        bar.update(4)
+    # Without a real kernel tqdm.auto falls back to the text bar, on the given stream.
+    assert "features" in stream.getvalue() and "4/4" in stream.getvalue()

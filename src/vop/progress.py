@@ -9,7 +9,9 @@ unless the caller gives one) as lines such as
 one each time another `every_percent` (5%) of the total is done or `every_seconds` (30 s) have passed
 since the previous line, whichever comes first (so a fast loop writes about 20 lines, a slow one a
 line every 30 s while it advances), and a final line when the total is reached or the loop stops.
-The rate is the average since the start; the time left is what remains at that rate.
+The rate is the average since the start; the time left is what remains at that rate. With unit "B"
+counts read as sizes ("download x.zip: 1.2 GB/5.6 GB (21%) 41.3 MB/s, 1m47s left"); `initial` is work
+done before (a resumed download), counted in the total but not in the rate.
 
 A tqdm bar is used instead when nothing of the logger's writes to a file and stderr (or the given
 stream) is a terminal, or in a Jupyter notebook. Lines are only written from `update`: a loop that
@@ -57,6 +59,15 @@ def _rate(rate: float) -> str:
     return f"{rate:.3g}"
 
 
+def _size(n: float) -> str:
+    """1.2 GB, 41.3 MB, 512 B (powers of 1000, as download sizes are quoted)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def _in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
@@ -90,20 +101,20 @@ class Progress:
     `clock` is injectable for tests. Thread-safe: several workers may call update().
     """
 
-    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", *,
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", *, initial: int = 0,
                  logger: logging.Logger | str | None = None, stream: TextIO | None = None,
                  terminal: bool | None = None, every_percent: float = 5.0, every_seconds: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
         if total is not None and total < 0:
             raise ValueError(f"total must be >= 0 or None, got {total}")
-        if every_percent <= 0 or every_seconds <= 0:
-            raise ValueError("every_percent and every_seconds must be > 0")
-        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        if every_percent <= 0 or every_seconds < 0:
+            raise ValueError("every_percent must be > 0 and every_seconds >= 0 (0: a line on every update)")
+        self.total, self.desc, self.unit, self.done, self.initial = total, desc, unit, initial, initial
         self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger or LOGGER)
         self.every_percent, self.every_seconds = every_percent, every_seconds
         self._clock = clock
         self._start = self._last = clock()
-        self._next = self._mark_after(0)
+        self._next = self._mark_after(initial)
         self._lock = threading.Lock()
         self._finished = False
         self._bar = self._redirect = None
@@ -122,7 +133,15 @@ class Progress:
             from tqdm.contrib.logging import logging_redirect_tqdm
         except ImportError:  # no tqdm: log lines then
             return
-        self._bar = tqdm(total=self.total, desc=self.desc or None, unit=self.unit, file=stream, dynamic_ncols=True)
+        options = {"total": self.total, "desc": self.desc or None, "unit": self.unit, "initial": self.initial,
+                   "file": stream, "dynamic_ncols": True}
+        if self.unit == "B":
+            options.update(unit_scale=True, unit_divisor=1000)
+        try:
+            self._bar = tqdm(**options)
+        except ImportError:  # a notebook without ipywidgets: tqdm.notebook refuses, the text bar works there
+            from tqdm import tqdm
+            self._bar = tqdm(**options)
         # Log records printed to the console while the bar is shown go through tqdm.write, above the bar.
         self._redirect = logging_redirect_tqdm(tqdm_class=type(self._bar))
         self._redirect.__enter__()
@@ -136,12 +155,17 @@ class Progress:
 
     def _line(self, now: float, final: bool = False) -> str:
         elapsed = now - self._start
-        rate = self.done / elapsed if elapsed > 0 else math.inf
-        speed = f"{_rate(rate)} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s"
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else math.inf
+        if self.unit == "B":
+            amount, speed = _size, (f"{_size(rate)}/s" if math.isfinite(rate) else "? B/s")
+        else:
+            amount, speed = str, (f"{_rate(rate)} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s")
         prefix = f"{self.desc}: " if self.desc else ""
         if self.total is None:
-            return f"{prefix}{self.done} {self.unit} in {_duration(elapsed)}, {speed}"
-        count = f"{self.done}/{self.total} ({100 * self.done // self.total if self.total else 100}%)"
+            unit = "" if self.unit == "B" else f" {self.unit}"
+            return f"{prefix}{amount(self.done)}{unit} in {_duration(elapsed)}, {speed}"
+        percent = 100 * self.done // self.total if self.total else 100
+        count = f"{amount(self.done)}/{amount(self.total)} ({percent}%)"
         if final and self.done >= self.total:
             return f"{prefix}{count} in {_duration(elapsed)}, {speed}"
         if final:
