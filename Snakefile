@@ -33,6 +33,7 @@ include: "workflow/rules/encoder.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:
@@ -43,3 +44,4 @@ rule all:
             rules.plots.output,
             dataset=datasets_where(lambda ds: ds.conf.methods and ds.has_poses),
         ),
+        expand(rules.run_summary.output, dataset=datasets_where(lambda ds: ds.conf.methods)),

@@ -199,3 +199,33 @@ def test_retrieve_mode_ranks_queries_against_the_other_images(tiny_run):
     assert table.loc[("oracle", "ALL"), "recall@k"] == pytest.approx(100.0)
     assert table.loc[("oracle", "ALL"), "mAP@k"] == pytest.approx(100.0)
     assert (table.xs("ALL", level="scene")["num_queries"] == 6).all()  # 3 queries x 2 scenes
+
+
+PROGRESS = re.compile(r" INFO vop\.[\w.]+: (?P<desc>[\w -]+): (?P<done>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\) "
+                      r"(?:(?P<rate>[\d.]+) (?P<unit>[\w ]+)/s, (?P<left>\w+) left"
+                      r"|in \w+, (?P<final>[\d.]+) [\w ]+/s)$")
+
+
+@pytest.mark.parametrize("log, desc, unit", [
+    ("logs/tiny/room_a/generate_scene.log", "render", "images"),
+    ("logs/tiny/room_a/features-dense_sift.log", "features", "images"),
+    ("logs/tiny_train/train_a/patch_labels.log", "labels", "pairs"),
+    ("logs/encoders/vop_tiny/train_encoder.log", "training", "batches"),
+    ("logs/tiny/room_a/embeddings-vop_tiny.log", "embeddings", "images"),
+    ("logs/tiny/room_a/vop/retrieve.log", "voting", "image pairs"),
+    ("logs/tiny/room_a/local_features.log", "local features", "images"),
+    ("logs/tiny/room_a/vop/pose.log", "pose", "pairs"),
+])
+def test_long_stages_log_progress_with_a_rate_and_time_left(tiny_run, log, desc, unit):
+    text = (tiny_run / log).read_text()
+    assert "\r" not in text  # log lines, not a bar's carriage returns
+    found = [m for m in map(PROGRESS.search, text.splitlines()) if m and m["desc"] == desc]
+    assert found, f"{log}: no progress lines of {desc!r}:\n{text[-2000:]}"
+    *steps, last = found
+    assert steps and len(found) <= 21  # every 5% (the tiny run takes seconds: no 30 s lines), and the end
+    for step in steps:
+        assert step["unit"] == unit and float(step["rate"]) > 0 and step["left"]
+    assert [int(m["done"]) for m in found] == sorted({int(m["done"]) for m in found})  # counts only go up
+    assert last["done"] == last["total"] and last["percent"] == "100" and float(last["final"]) > 0
+    if desc == "pose":  # every retrieved pair, counted in the parent as the workers' rows come back
+        assert int(last["total"]) == 8 * 3
