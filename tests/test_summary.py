@@ -2,6 +2,7 @@
 and `vop summary` on the tiny run; every rule's benchmark file named after its rule."""
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -74,10 +75,12 @@ def test_stage_rows_sum_the_jobs_and_keep_the_peak(run):
 
 
 def test_training_datasets_can_be_named_too(run, capsys):
+    handlers = logging.getLogger().handlers[:]
     summary = run_summary([run / "results/d", run / "results/t"])
     assert summary.table.set_index("stage").loc["patch_labels", "wall_s"] == 4.0
     assert summary.trained_encoders == []  # training scenes (labels.h5) named: nothing to point out
     assert vop_main(["summary", str(run / "results/d"), str(run / "results/t"), "--tsv", str(run / "s.tsv")]) == 0
+    assert logging.getLogger().handlers == handlers  # the command's logging set-up is undone on return
     out = capsys.readouterr().out
     assert re.search(r"^all +8 +81\.5 +40\.0 +67\.7 +700\.0$", out, flags=re.MULTILINE)
     written = pd.read_csv(run / "s.tsv", sep="\t")

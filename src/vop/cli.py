@@ -395,8 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
     from vop.utils import setup_logging
 
+    # Logging is set up for the command and put back afterwards: a caller in the same process (a notebook,
+    # the tests) keeps its own handlers, and none is left writing to a stream that is gone.
+    root = logging.getLogger()
+    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
     setup_logging(args.log)
-    status = args.run(args)
+    try:
+        status = args.run(args)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], sys.excepthook = handlers, hook
+        root.setLevel(level)
     return int(status or 0)
