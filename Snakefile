@@ -1,6 +1,8 @@
 # VOP overlap retrieval: which images overlap, and what poses that gives.
 # Stages (one .smk each): data -> ground truth -> features -> embeddings -> retrieval -> pose -> metrics.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from vop.config_errors import exit_on_config_error, validate_config
 
 min_version("9.0")
 
@@ -8,7 +10,17 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The checks and defaults of snakemake.utils.validate, with errors that lead with the key and the fix.
+if not workflow.modifier.skip_validation:
+    config_source = [str(f) for f in workflow.configfiles]
+    if workflow.config_settings.overwrite_config:
+        config_source.append("--config")
+    with exit_on_config_error():
+        validate_config(
+            config,
+            f"{workflow.basedir}/workflow/schemas/config.schema.yaml",
+            source=", ".join(config_source),
+        )
 
 
 report: "workflow/report/workflow.rst"
@@ -21,6 +33,7 @@ include: "workflow/rules/encoder.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:
@@ -31,3 +44,4 @@ rule all:
             rules.plots.output,
             dataset=datasets_where(lambda ds: ds.conf.methods and ds.has_poses),
         ),
+        expand(rules.run_summary.output, dataset=datasets_where(lambda ds: ds.conf.methods)),

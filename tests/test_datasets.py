@@ -274,5 +274,5 @@ def test_cli_and_unknown_source(tmp_path, capsys):
     assert "1 images, overlap no" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown dataset source 'photos'"):
         open_scene("photos", tmp_path)
-    with pytest.raises(ValueError, match=r"source folder\.imags: unknown key \(did you mean `images`\?\)"):
+    with pytest.raises(ValueError, match=r"^source folder\.imags: unknown key; did you mean 'images'\?\n"):
         open_scene("folder", tmp_path, None, imags="imgs")

@@ -347,6 +347,22 @@ def _check(p):
     return run
 
 
+def _summary(p):
+    p.add_argument("results", type=Path, nargs="+",
+                   help="results folders of datasets, e.g. results/demo (and results/demo_train: its encoder's)")
+    p.add_argument("--logs", type=Path, help="the run's logs folder (default: logs/ beside results/)")
+    p.add_argument("--tsv", type=Path, help="also write the table here, tab-separated")
+
+    def run(args):
+        from vop.summary import run_summary, write_summary
+
+        summary = run_summary(args.results, args.logs)
+        print(summary.text())
+        if args.tsv:
+            write_summary(summary, args.tsv)
+    return run
+
+
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "generate": (_generate, "render a synthetic scene (ETH3D layout) offline"),
     "download": (_download, "download a dataset archive (resumable, verified)"),
@@ -363,6 +379,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
     "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),
     "check": (_check, "recompute every vop retrieval the straightforward way and compare"),
+    "summary": (_summary, "per stage of a run: jobs, wall seconds, peak memory (from the benchmark files)"),
 }
 
 
@@ -378,8 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
     from vop.utils import setup_logging
 
+    # Logging is set up for the command and put back afterwards: a caller in the same process (a notebook,
+    # the tests) keeps its own handlers, and none is left writing to a stream that is gone.
+    root = logging.getLogger()
+    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
     setup_logging(args.log)
-    status = args.run(args)
+    try:
+        status = args.run(args)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], sys.excepthook = handlers, hook
+        root.setLevel(level)
     return int(status or 0)

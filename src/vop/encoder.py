@@ -27,6 +27,7 @@ from vop import io
 from vop.backbones import TOKEN_DIMS
 from vop.conf import EncoderConf, TrainConf
 from vop.grid import IMAGE_SIZE
+from vop.progress import progress
 from vop.utils import l2_normalize, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -406,5 +407,5 @@ def apply_encoder(features_h5: str | Path, out_h5: str | Path, conf: EncoderConf
         if conf.batch_size < 1:
             raise ValueError(f"encoder batch_size must be >= 1, got {conf.batch_size}")
         groups = _vop_groups(features_h5, names, model, device, conf.batch_size)
-    io.write_image_groups(out_h5, io.Streamed(groups))
+    io.write_image_groups(out_h5, io.Streamed(progress(groups, len(names), "embeddings", "images", logger=logger)))
     logger.info("wrote %d %s embeddings to %s", len(names), kind, out_h5)

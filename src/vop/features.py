@@ -25,6 +25,7 @@ import torch
 from vop import io
 from vop.backbones import Backbone
 from vop.grid import patch_keypoints
+from vop.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def dump_features(
     if duplicates:
         raise ValueError(f"duplicate image names {duplicates[:3]}: each image gets one group in {out_path}")
     start = time.perf_counter()
-    groups = extract_features(image_dir, names, backbone, batch_size, num_workers, with_flipped)
+    groups = progress(extract_features(image_dir, names, backbone, batch_size, num_workers, with_flipped),
+                      len(names), "features", "images", logger=logger)
     # Written while extracted (vitl14 is 0.5 MB per image) into a temporary file, moved into place at the end.
     io.write_image_groups(out_path, io.Streamed(groups))
     elapsed = time.perf_counter() - start

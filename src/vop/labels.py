@@ -39,6 +39,7 @@ from vop.conf import LabelsConf
 from vop.datasets import SceneReader
 from vop.grid import GRID, pixel_patches
 from vop.io import atomic_path, decode_names, read_gt
+from vop.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def scene_labels(scene: SceneReader, gt_h5: str | Path, out_h5: str | Path, conf
 
     # Visit pairs sorted by image so each depth map is read about once; store in sampling order.
     positives: list[np.ndarray] = [np.zeros((0, 2), np.int64)] * len(pairs)
-    for m in np.lexsort((pairs[:, 1], pairs[:, 0])):
+    for m in progress(np.lexsort((pairs[:, 1], pairs[:, 0])), desc="labels", unit="pairs", logger=logger):
         i, j = pairs[m]
         counts = patch_correspondences(depth(i), gt.K[i], gt.T_w2cam[i], depth(j), gt.K[j], gt.T_w2cam[j],
                                        grid, stride, depth_tol)

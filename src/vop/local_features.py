@@ -20,6 +20,7 @@ import numpy as np
 
 from vop.conf import LocalFeaturesConf
 from vop.io import write_image_groups
+from vop.progress import progress
 from vop.utils import l2_normalize
 from vop.utils import root_sift as to_root_sift
 
@@ -137,11 +138,14 @@ def extract_local_features(image_dir: str | Path, names: Sequence[str], out_h5: 
     def run(name: str) -> dict[str, np.ndarray]:
         return _sift_one(image_dir / name, conf.max_keypoints, conf.resize_max, conf.root_sift, extractor)
 
+    def done(found: Iterable[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return list(progress(found, len(names), "local features", "images", logger=logger))
+
     if num_workers > 1 and len(names) > 1:
         with ThreadPoolExecutor(num_workers) as pool:  # OpenCV and COLMAP release the GIL
-            features = list(pool.map(run, names))
+            features = done(pool.map(run, names))
     else:
-        features = [run(n) for n in names]
+        features = done(map(run, names))
     write_image_groups(out_h5, dict(zip(names, features)))
     logger.info("Extracted %s SIFT for %d images into %s", extractor, len(names), out_h5)
     return out_h5

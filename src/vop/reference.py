@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from . import io
+from .progress import progress
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -68,7 +69,7 @@ def retrieve_vop(global_desc: np.ndarray, patches: np.ndarray, queries: np.ndarr
     if candidates is None:
         candidates = prefilter(global_desc, queries, database, prefilter_size)
     results = []
-    for q, cand in zip(queries, candidates):
+    for q, cand in progress(zip(queries, candidates), len(queries), "reference voting", "queries"):
         votes = votes_one_query(patches[q], patches[cand], 1.0 - radius, tfidf)
         # Ties within 1e-6 of the best vote, and all-zero votes, keep prefilter order.
         scale = max(float(np.abs(votes).max()), 0.0) or 1.0

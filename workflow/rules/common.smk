@@ -1,16 +1,14 @@
 # Config lookups shared by the rules. Layouts live in the package (vop.datasets, vop.conf): the workflow
 # asks it and keeps none of its own. Every value a job depends on goes through `params:`.
+import os
 import re
 
-from snakemake.exceptions import WorkflowError
-
-from vop.conf import ConfigError, method_conf
+from vop.conf import method_conf
+from vop.config_errors import exit_on_config_error
 from vop.workflow import load_datasets
 
-try:
+with exit_on_config_error():  # the message (key path and fix first), without a traceback
     DATASETS = load_datasets(config)  # name -> vop.datasets.Dataset
-except ConfigError as err:
-    raise WorkflowError(str(err)) from None
 METHODS = config["methods"]
 ENCODERS = config["encoders"]
 TRAINED_ENCODERS = [name for name, enc in ENCODERS.items() if "train" in enc]
@@ -169,3 +167,20 @@ def auc_inputs(wildcards):
     if DATASETS[ds].has_poses:  # images without poses: retrieval only, no pose.csv
         inputs["pose"] = [rules.pose.output[0].format(dataset=ds, scene=s, method=m) for m, s in runs]
     return inputs
+
+
+def run_summary_inputs(wildcards):
+    """The dataset's last outputs (its table, and its figures where it has poses): the summary comes after
+    every job it counts."""
+    ds = wildcards.dataset
+    inputs = [rules.auc_table.output[0].format(dataset=ds)]
+    if DATASETS[ds].has_poses:
+        inputs.append(rules.plots.output.summary.format(dataset=ds))
+    return inputs
+
+
+def summary_results_dirs(dataset):
+    """results/<dataset> and those of the datasets its methods' trained encoders learnt from."""
+    encoders = {METHODS[m].get("encoder") for m in DATASETS[dataset].conf.methods} & set(TRAINED_ENCODERS)
+    training = sorted({d for e in encoders for d in ENCODERS[e]["train"]["datasets"]} - {dataset})
+    return [os.path.dirname(rules.auc_table.output[0].format(dataset=d)) for d in [dataset, *training]]

@@ -36,7 +36,7 @@ rule download_archive:
     log:
         "logs/{dataset}/download_{archive}.log",
     benchmark:
-        "logs/{dataset}/download_{archive}.benchmark.tsv"
+        "logs/{dataset}/download_archive-{archive}.benchmark.tsv"
     localrule: True
     conda:
         "../../envs/vop.yaml"
@@ -63,7 +63,7 @@ rule extract_part:
     log:
         "logs/{dataset}/extract_{part}.log",
     benchmark:
-        "logs/{dataset}/extract_{part}.benchmark.tsv"
+        "logs/{dataset}/extract_part-{part}.benchmark.tsv"
     conda:
         "../../envs/vop.yaml"
     script:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vop.conf import Conf, ConfigError, DatasetConf, closest, fields_of
+from vop.conf import Conf, ConfigError, DatasetConf, did_you_mean, fields_of, listing
 from vop.io import GroundTruth, write_gt
 
 # name -> "module:Class"; the modules are imported when a source is first used
@@ -145,8 +145,8 @@ def reader_class(source: str) -> type[SceneReader]:
         return _CLASSES[source]
     target = SOURCES.get(source) or (source if ":" in source else None)
     if target is None:
-        raise ConfigError(f"unknown dataset source {source!r}{closest(source, SOURCES)}; expected one of "
-                          f"{', '.join(SOURCES)} or a reader class as `module:Class`")
+        raise ConfigError(f"unknown dataset source {source!r}{did_you_mean(source, SOURCES)}\n"
+                          f"  allowed: {listing(SOURCES)}, or a reader class as `module:Class`")
     module, _, name = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -206,21 +206,24 @@ class Dataset:
         except ConfigError as err:
             known = [*common, *fields_of(self.reader.Options)]
             key = next(k for k in own if k not in fields_of(self.reader.Options))
-            raise ConfigError(f"config: {self.where}.{key}: not a key of a `{self.conf.source}` dataset"
-                              f"{closest(key, known)}; its keys: {', '.join(known)}") from err
+            raise ConfigError(f"{self.where}.{key}: not a key of a `{self.conf.source}` dataset"
+                              f"{did_you_mean(key, known)}\n  allowed here: {listing(known)}",
+                              (*err.path[:-1], key)) from err
         self._check()
 
     def _check(self) -> None:
         """What the schema cannot say about one entry, with the fix."""
-        where, reader, conf = f"config: {self.where}", self.reader, self.conf
+        where, reader, conf = self.where, self.reader, self.conf
         if reader.generated and conf.root is not None:
-            raise ConfigError(f"{where}.root: `{conf.source}` scenes are always generated under resources/{self.name}")
+            raise ConfigError(f"{where}.root: remove it; `{conf.source}` scenes are always generated under "
+                              f"resources/{self.name}")
         if not reader.generated and reader.url is None and conf.root is None:
-            raise ConfigError(f"{where}: set `root` to the folder holding your images (and model)")
+            raise ConfigError(f"{where}.root: missing; set it to the folder holding your images (and model)")
         if conf.scenes is None and not reader.default_scenes and not reader.single_scene:
-            raise ConfigError(f"{where}: list its `scenes`")
+            raise ConfigError(f"{where}.scenes: missing; list the dataset's scenes (folders under its root)")
         if self.mode == "retrieve" and not self.queries:
-            raise ConfigError(f"{where}: mode retrieve needs `queries`, a glob over image names such as 'query/*'")
+            raise ConfigError(f"{where}.queries: missing; mode retrieve needs a glob over image names such as "
+                              "'query/*'")
 
     @property
     def has_poses(self) -> bool:
@@ -299,13 +302,12 @@ class Dataset:
         try:
             paths = [str(p) for p in files(reader)]
         except FileNotFoundError as err:
-            raise ConfigError(f"dataset {self.name!r}: {err}; set {self.where}.root in the config to the folder "
-                              f"that holds it (relative paths start at the working directory)") from err
+            raise ConfigError(f"{self.where}.root: {err}; set it to the folder that holds it (relative paths "
+                              "start at the working directory)") from err
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
-            raise ConfigError(f"dataset {self.name!r}: {missing[0]} not found; set {self.where}.root in the config "
-                              f"to the folder that holds it (now {self.root!r}; relative paths start at the "
-                              "working directory)")
+            raise ConfigError(f"{self.where}.root: {missing[0]} not found; set it to the folder that holds it "
+                              f"(now {self.root!r}; relative paths start at the working directory)")
         return Needs(files=tuple(paths))
 
     def archive_part(self, part: str) -> ArchivePart:
@@ -320,5 +322,5 @@ class Dataset:
 
     def archive_url(self, archive: str) -> str:
         if not self.url:
-            raise ConfigError(f"config: {self.where}: set `url`, the folder its archives are downloaded from")
+            raise ConfigError(f"{self.where}.url: missing; set it to the folder its archives are downloaded from")
         return f"{self.url.rstrip('/')}/{archive}"

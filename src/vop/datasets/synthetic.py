@@ -40,6 +40,7 @@ from vop.conf import Conf, SyntheticConf
 from vop.datasets import colmap, eth3d
 from vop.geometry import qvec_to_rotmat, rotmat_to_qvec
 from vop.io import replace_dir
+from vop.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -602,7 +603,8 @@ def generate_scene(out_dir: str | Path, seed: int, num_images: int = 24, width: 
         (tmp / DEPTH_DIR).mkdir(parents=True)
         visible, xys, colours = [], [], np.zeros((len(points), 3), np.uint8)
         seen = np.zeros(len(points), bool)
-        for k, (view, name) in enumerate(zip(scene.views, scene.names)):
+        views = progress(zip(scene.views, scene.names), len(scene.names), "render", "images", logger=logger)
+        for k, (view, name) in enumerate(views):
             hits = raycast(scene.quads, view.K, view.R, view.tvec, width, height)
             depth = hits.depth.astype(np.float32)  # as written: visibility is judged on the file's values
             image = photometric(image_rngs[k], shade(scene.quads, hits, texels_per_m))
