@@ -32,7 +32,7 @@ def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> 
         for method in dataset.conf.methods:
             if method not in confs:
                 raise ConfigError(f"{where}.methods names {method!r}, which is not under `methods:`")
-            if confs[method].needs == "overlap" and not dataset.has_poses:
+            if confs[method].needs == "overlap" and not dataset.has_ground_truth:
                 raise ConfigError(f"{where}.methods: {method!r} needs ground-truth overlap, which a "
                                   f"`{dataset.conf.source}` dataset does not have; remove it")
     for name, conf in confs.items():

@@ -45,14 +45,16 @@ def read_image_list(path: str | Path, root: str | Path | None = None) -> list[st
     return out
 
 
-def read_gt_pairs(path: str | Path, num_images: int) -> list[set[int]]:
-    """Per image, the set of its ground-truth partners from lines `i j` (0-based); `i i` lines are skipped.
+def read_gt_pairs(path: str | Path, num_images: int) -> list[list[int]]:
+    """Per image, its ground-truth partners from lines `i j` (0-based), in file order; `i i` lines are skipped.
 
-    Directed like the original: `i j` adds j to i's set only. A duplicated line counts once here, while the
-    original would count it twice in |gt|; it is logged.
+    Directed like the original: `i j` adds j to i's partners only. A repeated line is kept, as MIRorR keeps
+    it (`gt_vec[i].append(j)`): it counts twice in |gt|, so that query's AP can no longer reach 1; it is
+    logged with the file to fix.
     """
     path = Path(path)
-    gt: list[set[int]] = [set() for _ in range(num_images)]
+    gt: list[list[int]] = [[] for _ in range(num_images)]
+    seen: set[tuple[int, int]] = set()
     duplicates = 0
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -69,10 +71,12 @@ def read_gt_pairs(path: str | Path, num_images: int) -> list[set[int]]:
                                  "image list; the pairs belong to another list")
             if i == j:
                 continue
-            duplicates += j in gt[i]
-            gt[i].add(j)
+            duplicates += (i, j) in seen
+            seen.add((i, j))
+            gt[i].append(j)
     if duplicates:
-        logger.warning("%s: %d duplicated pair line(s), counted once", path, duplicates)
+        logger.warning("%s: %d repeated pair line(s); MIRorR counts each again in |gt| and so do we: remove them "
+                       "if they are mistakes", path, duplicates)
     return gt
 
 
@@ -120,12 +124,13 @@ def read_match_pairs(path: str | Path, num_images: int) -> tuple[list[list[int]]
     return rankings, scores
 
 
-def overlap_ap(retrieved: Sequence[int], partners: set[int] | Sequence[int]) -> float:
+def overlap_ap(retrieved: Sequence[int], partners: Sequence[int]) -> float:
     """`compute_overlap_ap`: trapezoids from (recall 0, precision 1), one step per retrieved image.
 
-    A repeated hit counts again, as in the original; partners never retrieved add nothing.
+    |gt| is len(partners), repeats included, as in the original; a retrieved image is a hit when it is
+    among the partners, and a repeated hit counts again; partners never retrieved add nothing.
     """
-    partners = np.fromiter(set(partners), np.int64)
+    partners = np.asarray(list(partners), np.int64)
     if partners.size == 0:
         raise ValueError("a query without ground-truth partners has no AP; it is left out of the mean")
     hits = np.cumsum(np.isin(np.asarray(retrieved, np.int64), partners))
@@ -136,19 +141,19 @@ def overlap_ap(retrieved: Sequence[int], partners: set[int] | Sequence[int]) -> 
     return float(np.sum(np.diff(recall) * (precision[:-1] + precision[1:]) / 2.0))
 
 
-def overlap_aps(rankings: Sequence[Sequence[int]], gt: Sequence[set[int]], k: int = TOP_K) -> np.ndarray:
+def overlap_aps(rankings: Sequence[Sequence[int]], gt: Sequence[Sequence[int]], k: int = TOP_K) -> np.ndarray:
     """(N,) AP per query (NaN without partners) over the first k entries of each list, self entries dropped."""
     if len(rankings) != len(gt):
         raise ValueError(f"{len(rankings)} rankings for {len(gt)} images of the ground truth: every image of "
                          "the list must be a query")
     aps = np.full(len(gt), np.nan)
     for i, (ranked, partners) in enumerate(zip(rankings, gt, strict=True)):
-        if partners:
+        if len(partners):
             aps[i] = overlap_ap([j for j in list(ranked)[:k] if j != i], partners)
     return aps
 
 
-def map_at_k(rankings: Sequence[Sequence[int]], gt: Sequence[set[int]], k: int = TOP_K) -> float:
+def map_at_k(rankings: Sequence[Sequence[int]], gt: Sequence[Sequence[int]], k: int = TOP_K) -> float:
     """`compute_GL3D_map` on lists cut to k entries: mean AP over the queries with partners.
 
     `rankings[i]` is query i's list as in match_pairs, best first. k counts the entries the file holds,

@@ -170,12 +170,14 @@ class ProtocolResult:
 
 
 def compute_map(ranking: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray]],
-                kappas: Sequence[int] = KAPPAS) -> ProtocolResult:
+                kappas: Sequence[int] = KAPPAS, strict: bool = True) -> ProtocolResult:
     """revisitop's `compute_map` for (positives, junk) per query; `ranking` is (Q,N), best first.
 
     A query without positives is left out of both means (NaN in aps/prs), as in the original. mP@k per query
     is the precision at min(k, position of its last retrieved positive), 1-based, as in the original. Where a
     query has positives but none is in its ranking, the original fails on max([]); here its AP and P@k are 0.
+    No query with a positive at all is an error, or with `strict=False` NaN means (the per-query values are
+    what a table pools over scenes).
     """
     ranking = np.asarray(ranking)
     if ranking.ndim != 2 or len(ranking) != len(sets):
@@ -194,6 +196,9 @@ def compute_map(ranking: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray
             prs[q, i] = np.count_nonzero(pos1 <= kq) / kq
     evaluated = ~np.isnan(aps)
     if not evaluated.any():
+        if not strict:
+            return ProtocolResult(map=float("nan"), mp={k: float("nan") for k in kappas}, aps=aps, prs=prs,
+                                  num_evaluated=0, kappas=kappas)
         raise ValueError("no query has a positive under this protocol, so mAP is undefined; "
                          "the ground truth is empty or does not belong to this ranking")
     mp = prs[evaluated].sum(axis=0) / evaluated.sum()
@@ -202,8 +207,10 @@ def compute_map(ranking: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray
                           aps=aps, prs=prs, num_evaluated=int(evaluated.sum()), kappas=kappas)
 
 
-def evaluate(ranking: np.ndarray, gnd: Ground, kappas: Sequence[int] = KAPPAS) -> dict[str, ProtocolResult]:
-    """{'easy'|'medium'|'hard': ProtocolResult}; `ranking` (Q,N) holds every database index per query, best first."""
+def evaluate(ranking: np.ndarray, gnd: Ground, kappas: Sequence[int] = KAPPAS,
+             strict: bool = True) -> dict[str, ProtocolResult]:
+    """{'easy'|'medium'|'hard': ProtocolResult}; `ranking` (Q,N) holds every database index per query, best first.
+    `strict`: as in compute_map."""
     ranking = np.asarray(ranking)
     if ranking.ndim != 2 or len(ranking) != len(gnd.queries):
         raise ValueError(f"ranking must be (Q,N) with Q = {len(gnd.queries)} queries of the ground truth, "
@@ -211,4 +218,4 @@ def evaluate(ranking: np.ndarray, gnd: Ground, kappas: Sequence[int] = KAPPAS) -
     if ranking.shape[1] != len(gnd.imlist):
         raise ValueError(f"ranking holds {ranking.shape[1]} images per query but the database has "
                          f"{len(gnd.imlist)}: revisitop ranks the whole database (k = all images)")
-    return {p: compute_map(ranking, protocol_sets(gnd, p), kappas) for p in PROTOCOLS}
+    return {p: compute_map(ranking, protocol_sets(gnd, p), kappas, strict) for p in PROTOCOLS}

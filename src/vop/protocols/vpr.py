@@ -73,8 +73,21 @@ def recall_at_n(rankings: np.ndarray, positives: Sequence[np.ndarray],
                          f"k >= {need}: set the method's k to at least {need}")
     if len(rankings) == 0:
         return {n: 0.0 for n in ns}
-    top = rankings[:, :need]
-    hit = np.stack([np.isin(row, np.asarray(pos)) for row, pos in zip(top, positives, strict=True)])
-    # first hit's rank per query; need (never < any n) when there is none
-    first = np.where(hit.any(axis=1), hit.argmax(axis=1), need)
+    first = first_positive_rank(rankings[:, :need], positives)
     return {n: float(np.count_nonzero(first < n) / len(rankings) * 100.0) for n in ns}
+
+
+def first_positive_rank(rankings: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
+    """(Q,) 0-based rank of each query's first positive in its (Q,K) ranking, K where there is none.
+
+    One vectorised membership test of (query, database index) keys, no loop over queries.
+    """
+    rankings = np.asarray(rankings, np.int64)
+    num_q, k = rankings.shape
+    counts = np.array([len(p) for p in positives], np.int64)
+    flat = np.concatenate([np.asarray(p, np.int64).ravel() for p in positives]) if num_q else np.zeros(0, np.int64)
+    width = int(max(rankings.max(initial=-1), flat.max(initial=-1))) + 1
+    positive_keys = np.repeat(np.arange(num_q, dtype=np.int64), counts) * width + flat
+    ranked_keys = np.arange(num_q, dtype=np.int64)[:, None] * width + rankings
+    hit = np.isin(ranked_keys, positive_keys)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), k)
