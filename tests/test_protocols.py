@@ -1,3 +1,5 @@
+import collections
+import datetime
 import os
 import pickle
 import warnings
@@ -175,6 +177,16 @@ def test_load_ground_truth_refuses_other_globals(tmp_path, payload, name):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("payload, name", [({1, 2}, "set"), (frozenset([1]), "frozenset"), (complex(1, 2), "complex"),
+                                           (range(3), "range"), (datetime.date(2020, 1, 2), "date"),
+                                           (collections.OrderedDict(a=1), "OrderedDict")])
+def test_load_ground_truth_refuses_anything_but_arrays_lists_dicts_and_strings(tmp_path, payload, name):
+    path = tmp_path / "gnd.pkl"
+    path.write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": [], "extra": payload}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match=f"refusing global .*{name}"):
+        revisitop.load_ground_truth(path)
+
+
 def test_load_ground_truth_never_runs_code(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "gnd.pkl"
@@ -221,11 +233,15 @@ def test_map_at_k_self_pair_takes_a_place_but_no_rank():
         gl3d.map_at_k([[1], [0]], [set(), set()])
 
 
-def test_read_gt_pairs_directed(tmp_path):
+def test_read_gt_pairs_directed(tmp_path, caplog):
     path = tmp_path / "gl3d_gt_pairs"
-    path.write_text("0 1\n1 1\n\n2 0\n0 1\n")
+    path.write_text("0 1\n1 1\n\n2 0\n0 2\n0 1\n")
     gt = gl3d.read_gt_pairs(path, 3)
-    assert gt == [{1}, set(), {0}]  # `0 1` does not make 0 a partner of 1; `1 1` is skipped
+    # `0 1` does not make 0 a partner of 1; `1 1` is skipped; the repeated `0 1` is kept, as MIRorR keeps it
+    assert gt == [[1, 2, 1], [], [0]]
+    assert "1 repeated pair line(s)" in caplog.text
+    # |gt| counts the repeat: retrieving both partners first reaches recall 2/3, not 1
+    assert gl3d.overlap_ap([1, 2], gt[0]) == pytest.approx(1 / 3 * 1 + 1 / 3 * 1)
     path.write_text("0 1\n0 3\n")
     with pytest.raises(ValueError, match=r"gl3d_gt_pairs:2: pair \(0, 3\) is outside the 3 images"):
         gl3d.read_gt_pairs(path, 3)

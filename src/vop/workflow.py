@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vop.conf import ConfigError, EncoderConf, method_conf
+from vop.conf import ConfigError, EncoderConf, fields_of, method_conf
 from vop.datasets import Dataset
 
 
@@ -33,8 +33,9 @@ def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> 
             if method not in confs:
                 raise ConfigError(f"{where}.methods names {method!r}, which is not under `methods:`")
             if confs[method].needs == "overlap" and not dataset.has_ground_truth:
+                extra = " without `gt_pairs`" if "gt_pairs" in fields_of(dataset.reader.Options) else ""
                 raise ConfigError(f"{where}.methods: {method!r} needs ground-truth overlap, which a "
-                                  f"`{dataset.conf.source}` dataset does not have; remove it")
+                                  f"`{dataset.conf.source}` dataset{extra} does not have; remove it")
     for name, conf in confs.items():
         encoder = getattr(conf, "encoder", None)
         if encoder is not None and encoder not in encoders:

@@ -263,6 +263,11 @@ class Dataset:
             raise ConfigError(f"{where}: list its `scenes`")
         if self.mode == "retrieve" and not self.queries:
             raise ConfigError(f"{where}: mode retrieve needs `queries`, a glob over image names such as 'query/*'")
+        if reader.protocol != "auc" and ((conf.mode or reader.default_mode) != reader.default_mode or conf.queries):
+            fixed = f"{reader.default_mode} mode" + (f", queries {reader.default_queries!r}" if reader.default_queries
+                                                      else "")
+            raise ConfigError(f"{where}: the {reader.protocol} protocol of a `{conf.source}` dataset fixes its queries "
+                              f"({fixed}); remove `mode` and `queries`")
         if reader.default_k == "all" and conf.k is not None:
             raise ConfigError(f"{where}.k: a `{conf.source}` dataset ranks the whole database for every query "
                               f"(its metrics score the full ranking); remove `k`")

@@ -90,7 +90,7 @@ class VprScene(SceneReader):
             if not names:
                 raise FileNotFoundError(f"{folder}: no .jpg images; check the dataset's `root` and `split`")
         names = database + queries
-        utm = np.array([vpr.parse_utm(self.image_dir / n) for n in names], np.float64)
+        utm = np.array([vpr.parse_utm(str(self.image_dir / n)) for n in names], np.float64)
         gt = no_poses(names, image_sizes(self.image_dir, names))
         gt.relevance = positives_relevance(utm[:len(database)], utm[len(database):], self.options.positive_dist_m,
                                            query_offset=len(database))

@@ -3,7 +3,7 @@
 Each pools a method's scenes like the `ALL` rows of the tables (vop.protocols.tables), methods in the
 table's order.
 
-    vop protocol-plot vpr --entries entries.json --table results/demo_vpr/vpr.csv --out vpr.png
+    vop protocol-table vpr --entries entries.json --out vpr.csv --plot vpr.png
 """
 
 from __future__ import annotations
@@ -17,21 +17,26 @@ from matplotlib.figure import Figure
 
 from vop.metrics import NO_GROUND_TRUTH
 from vop.plots import _save
-from vop.protocols import revisitop, tables
+from vop.protocols import revisitop, tables, vpr
 
 
-def plot_vpr(entries: Sequence[dict], table: pd.DataFrame, out_png: str | Path, title: str = "") -> None:
-    """Recall@N for N = 1 .. the list length, one curve per method (its scenes pooled)."""
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
+def vpr_curves(entries: Sequence[dict]) -> dict[str, np.ndarray]:
+    """{method: recall@N in percent for N = 1 .. 20}, each method's scenes pooled."""
     ranks: dict[str, list[np.ndarray]] = {}
     for entry in entries:
         ranks.setdefault(str(entry["method"]), []).append(tables.vpr_first_ranks(entry))
-    depth = max(int(e["k"]) for e in entries)
-    ns = np.arange(1, depth + 1)
-    for method, parts in ranks.items():
-        first = np.concatenate(parts)
-        ax.plot(ns, [100.0 * np.mean(first < n) for n in ns], marker=".", label=method)
+    ns = np.arange(1, max(vpr.RECALL_NS) + 1)
+    return {method: 100.0 * (np.concatenate(parts)[:, None] < ns).mean(axis=0) for method, parts in ranks.items()}
+
+
+def plot_vpr(entries: Sequence[dict], table: pd.DataFrame, out_png: str | Path, title: str = "") -> None:
+    """Recall@N for N = 1 .. 20, one curve per method (its scenes pooled)."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    curves = vpr_curves(entries)
+    depth = max(vpr.RECALL_NS)
+    for method, recall in curves.items():
+        ax.plot(np.arange(1, depth + 1), recall, marker=".", label=method)
     ax.set(xlabel="N (database images retrieved)", ylabel="recall@N (%)", ylim=(0, 102), xlim=(1, depth),
            title=title or "Place recognition: recall@N")
     ax.grid(alpha=0.3)

@@ -59,7 +59,7 @@ def _rankings(pairs_txt: str | Path, names: Sequence[str], queries: np.ndarray, 
     position = np.full(len(names), -1, np.int64)
     position[database] = np.arange(len(database))
     retrieved = retrieved_per_query(read_pairs(pairs_txt))
-    need = len(database) if depth is None else depth
+    need = len(database) if depth is None else min(depth, len(database))  # a database smaller than the cut
     rows = []
     for q in queries:
         dbs = retrieved.get(names[q])
@@ -72,7 +72,7 @@ def _rankings(pairs_txt: str | Path, names: Sequence[str], queries: np.ndarray, 
                              f"of {gt_h5}; rerun its retrieval rule")
         row = position[[index[d] for d in dbs]]
         if len(row) < need:
-            what = "the whole database" if depth is None else f"{depth}"
+            what = "the whole database" if depth is None else f"{need}"
             raise ValueError(f"{pairs_txt}: query {names[q]!r} has {len(row)} retrieved images, the protocol needs "
                              f"{what}; rerun retrieval with the dataset's k (its `k` in config/config.yaml)")
         if depth is None and len(np.unique(row)) != len(database):
@@ -109,7 +109,7 @@ def _write(rows: list[list], columns: list[str], out_csv: str | Path) -> pd.Data
 
 
 def vpr_first_ranks(entry: dict) -> np.ndarray:
-    """(Q,) rank of each query's first positive in its list (the list's length where there is none)."""
+    """(Q,) rank of each query's first positive in its list (inf where there is none)."""
     names = read_names(entry["gt_h5"])
     queries, database = _query_split(entry, names)
     utm = np.array([vpr.parse_utm(n) for n in names], np.float64)

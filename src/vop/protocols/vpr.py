@@ -78,16 +78,17 @@ def recall_at_n(rankings: np.ndarray, positives: Sequence[np.ndarray],
 
 
 def first_positive_rank(rankings: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
-    """(Q,) 0-based rank of each query's first positive in its (Q,K) ranking, K where there is none.
+    """(Q,) 0-based rank of each query's first positive in its (Q,K) ranking, inf where there is none
+    (so that `rank < N` is a miss for every N, also N > K where the database is shorter than N).
 
     One vectorised membership test of (query, database index) keys, no loop over queries.
     """
     rankings = np.asarray(rankings, np.int64)
-    num_q, k = rankings.shape
+    num_q = len(rankings)
     counts = np.array([len(p) for p in positives], np.int64)
     flat = np.concatenate([np.asarray(p, np.int64).ravel() for p in positives]) if num_q else np.zeros(0, np.int64)
     width = int(max(rankings.max(initial=-1), flat.max(initial=-1))) + 1
     positive_keys = np.repeat(np.arange(num_q, dtype=np.int64), counts) * width + flat
     ranked_keys = np.arange(num_q, dtype=np.int64)[:, None] * width + rankings
     hit = np.isin(ranked_keys, positive_keys)
-    return np.where(hit.any(axis=1), hit.argmax(axis=1), k)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
