@@ -84,7 +84,8 @@ def vpr_run(tmp_path, method, lists):
     names = gt.names
     pairs = [(names[q], names[d]) for q, dbs in lists.items() for d in dbs]
     io.write_pairs(tmp_path / method / "pairs.txt", pairs)
-    return {"method": method, "scene": "street", "pairs_txt": tmp_path / method / "pairs.txt", "gt_h5": tmp_path / "gt.h5",
+    return {"method": method, "scene": "street", "pairs_txt": tmp_path / method / "pairs.txt",
+            "gt_h5": tmp_path / "gt.h5",
             "mode": "retrieve", "queries": "queries/*", "k": 20, "reader": {"source": "vpr", "root": str(root)}}
 
 
@@ -94,8 +95,9 @@ def test_vpr_table_counts_queries_without_positives_as_misses(tmp_path):
     b = vpr_run(tmp_path, "b", {4: [0, 3, 2, 1], 5: [3, 2, 1, 0]})  # at rank 0
     table = tables.vpr_table([a, b], tmp_path / "vpr.csv")
     assert list(table.columns) == ["method", "scene", "num_queries", "R@1", "R@5", "R@10", "R@20"]
-    assert table.values.tolist() == [["a", "street", 2, 0.0, 50.0, 50.0, 50.0], ["a", "ALL", 2, 0.0, 50.0, 50.0, 50.0],
-                                     ["b", "street", 2, 50.0, 50.0, 50.0, 50.0], ["b", "ALL", 2, 50.0, 50.0, 50.0, 50.0]]
+    assert table.values.tolist() == [
+        ["a", "street", 2, 0.0, 50.0, 50.0, 50.0], ["a", "ALL", 2, 0.0, 50.0, 50.0, 50.0],
+        ["b", "street", 2, 50.0, 50.0, 50.0, 50.0], ["b", "ALL", 2, 50.0, 50.0, 50.0, 50.0]]
     curves = vpr_curves([a, b])
     assert curves["a"].tolist() == [0.0] + [50.0] * 19 and curves["b"][0] == 50.0
     io.write_pairs(a["pairs_txt"], [(n, m) for n, m in io.read_pairs(a["pairs_txt"])][:3])
@@ -156,7 +158,8 @@ def test_match_pairs_from_a_run_and_mirrors_map(tmp_path):
     names, reader = gl3d_scene(tmp_path)
     lists = {0: [3, 1, 2], 1: [0, 2, 3], 2: [3, 0, 1], 3: [2, 1, 0]}
     io.write_pairs(tmp_path / "run" / "pairs.txt", [(names[q], names[d]) for q, dbs in lists.items() for d in dbs])
-    rows = [(names[q], names[d], r, f"{0.9 - 0.1 * r:.6g}", "0.5") for q, dbs in lists.items() for r, d in enumerate(dbs)]
+    rows = [(names[q], names[d], r, f"{0.9 - 0.1 * r:.6g}", "0.5")
+            for q, dbs in lists.items() for r, d in enumerate(dbs)]
     rows[0] = (*rows[0][:3], "4.5", "nan")  # a vote score above 1: the self pair takes the best score
     io.write_csv(tmp_path / "run" / "scores.csv", ["query", "db", "rank", "score", "prefilter_score"], rows)
     tables.write_match_pairs(tmp_path / "run" / "pairs.txt", tmp_path / "run" / "scores.csv", tmp_path / "gt.h5",
@@ -164,7 +167,8 @@ def test_match_pairs_from_a_run_and_mirrors_map(tmp_path):
     lines = (tmp_path / "run" / "match_pairs.txt").read_text().splitlines()
     assert lines[:5] == ["0 0 4.5", "0 3 4.5", "0 1 0.8", "0 2 0.7", "1 1 1.0"]
     assert len(lines) == 16
-    entry = {"method": "m", "scene": "c", "match_pairs": tmp_path / "run" / "match_pairs.txt", "gt_h5": tmp_path / "gt.h5",
+    entry = {"method": "m", "scene": "c", "match_pairs": tmp_path / "run" / "match_pairs.txt",
+             "gt_h5": tmp_path / "gt.h5",
              "reader": reader, "k": 4}
     # query 0: [3, 1, 2] against {1, 2}: 0 + .5 * (0 + 1/2)/2 + .5 * (1/2 + 2/3)/2 = 5/12; query 1: [0, ..]: 1
     table = tables.gl3d_table([entry], tmp_path / "gl3d.csv")

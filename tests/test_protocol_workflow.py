@@ -62,7 +62,8 @@ def test_every_protocol_table_has_its_rows_and_the_oracle_at_the_ceiling(protoco
         assert list(zip(table["method"], table["scene"])) == [(m, s) for m in METHODS for s in [*scenes, "ALL"]]
         values = table.drop(columns=["method", "scene"]).to_numpy(np.float64)
         assert all(math.isfinite(v) for v in values.ravel()), path
-        metrics = table.drop(columns=["method", "scene", "num_queries"]).set_index(table["method"] + "/" + table["scene"])
+        metrics = table.drop(columns=["method", "scene", "num_queries"])
+        metrics.index = table["method"] + "/" + table["scene"]
         # every query of the fixtures has a positive, so the oracle's ceiling is 100 everywhere
         assert (metrics.loc[[f"oracle/{s}" for s in [*scenes, "ALL"]]] == 100.0).all().all(), path
         assert (metrics.loc["random/ALL"] <= metrics.loc["oracle/ALL"]).all()
@@ -79,7 +80,8 @@ def test_every_protocol_table_has_its_rows_and_the_oracle_at_the_ceiling(protoco
 def test_lists_have_each_protocols_depth(protocol_run):
     res = protocol_run / "results"
     vpr_pairs = io.read_pairs(res / "pvpr/street_a/vop/pairs.txt")
-    assert len(vpr_pairs) == 6 * 20 and all(q.startswith("queries/") and d.startswith("database/") for q, d in vpr_pairs)
+    assert len(vpr_pairs) == 6 * 20
+    assert all(q.startswith("queries/") and d.startswith("database/") for q, d in vpr_pairs)
     # revisitop: every query ranks the whole database, once each
     names = io.read_names(res / "prev/land_b/gt.h5")
     database = [n for n in names if not n.startswith("query/")]
@@ -169,7 +171,8 @@ def test_revisitop_and_gl3d_download_into_their_layouts(tmp_path):
         server.files["gl3d/gl3d_gt_pairs"] = b"0 1\n1 0\n2 0\n"
         config = {
             "datasets": {
-                "rev": {"source": "revisitop", "url": f"{server.url}/rev", "backbone": "dense_sift", "methods": ["cls"]},
+                "rev": {"source": "revisitop", "url": f"{server.url}/rev", "backbone": "dense_sift",
+                        "methods": ["cls"]},
                 "g": {"source": "gl3d", "url": f"{server.url}/gl3d/", "backbone": "dense_sift", "methods": ["cls"]},
             },
             "backbones": {"dense_sift": {}}, "encoders": {"identity": {"type": "identity"}},

@@ -188,11 +188,10 @@ def _features(p):
     add_conf_flags(p, confs.BackboneConf)
 
     def run(args):
-        from vop.backbones import load_backbone
-        from vop.features import dump_features
-
         import h5py
 
+        from vop.backbones import load_backbone
+        from vop.features import dump_features
         from vop.io import read_views
 
         conf = conf_from_args(confs.BackboneConf, args)
