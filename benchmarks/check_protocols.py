@@ -11,6 +11,9 @@ outside the project's environment: `pip install --target DIR scikit-learn` and p
 Only the Python files of each checkout are read; their data files (e.g. MIRorR's gl3d_gt_pairs) are not needed.
 
 Prints, per metric, the largest absolute difference between ours and theirs; exits 1 if one exceeds 1e-9.
+With `--results DIR` (a working directory after `snakemake demo`) it also recomputes every cell of the
+pipeline's vpr.csv, revisitop.csv and gl3d.csv with the original code from the same run's files (the
+tables round to 4 decimals, so theirs is rounded the same way before the comparison).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vop.datasets.vpr import VprOptions
 from vop.protocols import gl3d, revisitop, vpr
 
 TOLERANCE = 1e-9
@@ -196,6 +200,8 @@ def check_gl3d(root: Path, rng: np.random.Generator, tmp: Path) -> dict[str, flo
             continue  # no partners: skipped by both
         partners = rng.choice(n, rng.integers(1, 15), replace=False)  # may hold i: an `i i` line, skipped
         lines += [f"{i} {j}" for j in partners]
+        if rng.random() < 0.1:
+            lines.append(f"{i} {partners[0]}")  # a repeated line: MIRorR counts it again in |gt|
     rng.shuffle(lines)
     gt_path.write_text("\n".join(lines) + "\n")
     gt = gl3d.read_gt_pairs(gt_path, n)
@@ -219,7 +225,7 @@ def check_gl3d(root: Path, rng: np.random.Generator, tmp: Path) -> dict[str, flo
         if gt[i]:
             row = list(rng.choice(n, rng.integers(0, 40)))
             aps_ours.append(gl3d.overlap_ap(row, gt[i]))
-            aps_theirs.append(bench.compute_overlap_ap(sorted(gt[i]), row, i))
+            aps_theirs.append(bench.compute_overlap_ap(list(gt[i]), row, i))
     out["gl3d compute_overlap_ap"] = maxdiff(aps_ours, aps_theirs)
 
     # 1. our writer: self pair first, then the ranking without it
@@ -245,12 +251,112 @@ def check_gl3d(root: Path, rng: np.random.Generator, tmp: Path) -> dict[str, flo
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# The pipeline's own tables against the originals run on the same files
+
+
+def _table_rows(path: Path) -> dict[tuple[str, str], dict]:
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype={"method": str, "scene": str})
+    return {(r["method"], r["scene"]): r for r in table.to_dict("records") if r["scene"] != "ALL"}
+
+
+def _method_pairs(workdir: Path, dataset: str, scene: str, method: str) -> dict[str, list[str]]:
+    from vop.io import read_pairs
+    from vop.metrics import retrieved_per_query
+
+    return retrieved_per_query(read_pairs(workdir / "results" / dataset / scene / method / "pairs.txt"))
+
+
+def check_results(workdir: Path, revisitop_root: Path, mirror_root: Path, geowarp_root: Path, tmp: Path) -> dict:
+    """Every vpr.csv, revisitop.csv and gl3d.csv of generated datasets under workdir/results (e.g. after
+    `snakemake demo`), each (method, scene) cell recomputed by the original code from the run's files."""
+    out: dict[str, float] = {}
+    for table in sorted((workdir / "results").glob("*/vpr.csv")):
+        dataset = table.parent.name
+        util = load_module("geowarp_util", geowarp_root / "util.py")
+        if importlib.util.find_spec("sklearn") is None:
+            print(f"{table}: skipped (GeoWarp's dataset needs scikit-learn)")
+            continue
+        sys.path.insert(0, str(geowarp_root))
+        dataset_geoloc = load_module("geowarp_dataset_geoloc", geowarp_root / "dataset_geoloc.py")
+        for (method, scene), row in _table_rows(table).items():
+            split = workdir / "resources" / dataset / scene / "images" / "test"
+            view = tmp / dataset / scene / "images" / "test"  # GeoWarp's folder names: gallery/, queries/
+            if not view.exists():
+                view.mkdir(parents=True)
+                (view / "gallery").symlink_to((split / "database").resolve())
+                (view / "queries").symlink_to((split / "queries").resolve())
+            ds = dataset_geoloc.GeolocDataset(str(tmp / dataset), scene, "test",
+                                              positive_dist_threshold=_dataset_entry(workdir, dataset).get(
+                                                  "positive_dist_m", VprOptions.positive_dist_m))
+            gallery = [f"database/{Path(p).relative_to(view / 'gallery').as_posix()}" for p in ds.gallery_paths]
+            index = {n: i for i, n in enumerate(gallery)}
+            pairs = _method_pairs(workdir, dataset, scene, method)
+            queries = [f"queries/{Path(p).relative_to(view / 'queries').as_posix()}" for p in ds.queries_paths]
+            predictions = np.array([[index[d] for d in pairs[q][:20]] for q in queries])
+            theirs, _ = util.compute_recalls(predictions, ds.get_positives(), ds, [1, 5, 10, 20])
+            ours = [row[f"R@{n}"] for n in (1, 5, 10, 20)]
+            out[f"{dataset}/{scene}/{method} R@1/5/10/20"] = maxdiff(np.round(theirs, 4), ours)
+    for table in sorted((workdir / "results").glob("*/revisitop.csv")):
+        dataset = table.parent.name
+        evaluate = load_module("revisitop_evaluate", revisitop_root / "python" / "evaluate.py")
+        for (method, scene), row in _table_rows(table).items():
+            with open(workdir / "resources" / dataset / scene / f"gnd_{scene}.pkl", "rb") as f:
+                cfg = pickle.load(f)  # as their configdataset reads it
+            index = {f"{n}.jpg": i for i, n in enumerate(cfg["imlist"])}
+            pairs = _method_pairs(workdir, dataset, scene, method)
+            ranks = np.array([[index[d] for d in pairs[f"query/{q}.jpg"]] for q in cfg["qimlist"]]).T  # (N, Q)
+            recipes = {"E": (("easy",), ("junk", "hard")), "M": (("easy", "hard"), ("junk",)),
+                       "H": (("hard",), ("junk", "easy"))}
+            for name, (ok_keys, junk_keys) in recipes.items():
+                gnd_t = [{"ok": np.concatenate([g[k] for k in ok_keys]),
+                          "junk": np.concatenate([g[k] for k in junk_keys])} for g in cfg["gnd"]]
+                ours = [row[f"mAP_{name}"], *(row[f"mP@{k}_{name}"] for k in (1, 5, 10))]
+                try:
+                    mean_ap, _, mpr, _ = evaluate.compute_map(ranks, gnd_t, [1, 5, 10])
+                    theirs = np.round(np.r_[mean_ap, mpr] * 100, 4)
+                except ZeroDivisionError:  # no query has a positive under this protocol: our cells are empty
+                    theirs = np.full(4, np.nan)
+                out[f"{dataset}/{scene}/{method} mAP, mP@1/5/10 {name}"] = maxdiff(theirs, ours)
+    for table in sorted((workdir / "results").glob("*/gl3d.csv")):
+        dataset = table.parent.name
+        sys.path.insert(0, str(mirror_root))
+        bench = load_module("mirror_compute_overlap_benchmark",
+                            mirror_root / "retrieval" / "compute_overlap_benchmark.py")
+        column = next(c for c in _first(table) if c.startswith("mAP@"))
+        for (method, scene), row in _table_rows(table).items():
+            folder = workdir / "resources" / dataset / scene
+            with contextlib.redirect_stdout(io.StringIO()):
+                theirs = bench.compute_GL3D_map(str(folder / "image_list.txt"),
+                                                str(workdir / "results" / dataset / scene / method / "match_pairs.txt"),
+                                                str(folder / "gt_pairs.txt"))
+            out[f"{dataset}/{scene}/{method} {column}"] = maxdiff(round(theirs * 100, 4), row[column])
+    if not out:
+        raise SystemExit(f"{workdir}/results holds no vpr.csv, revisitop.csv or gl3d.csv: run `snakemake demo` first")
+    return out
+
+
+def _dataset_entry(workdir: Path, dataset: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((workdir / "config" / "config.yaml").read_text())["datasets"][dataset]
+
+
+def _first(table: Path) -> list[str]:
+    return table.read_text().splitlines()[0].split(",")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--revisitop", type=Path, required=True, help="checkout of filipradenovic/revisitop")
     parser.add_argument("--mirror", type=Path, required=True, help="checkout of hlzz/mirror (MIRorR)")
     parser.add_argument("--geowarp", type=Path, required=True, help="checkout of gmberton/geo_warp")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path,
+                        help="also a working directory after `snakemake demo`: its protocol tables, cell by cell, "
+                             "against the originals run on the same pairs.txt / match_pairs.txt and ground truth")
     args = parser.parse_args()
     install_shims()
     rng = np.random.default_rng(args.seed)
@@ -261,6 +367,10 @@ def main() -> None:
                                   ("gl3d", check_gl3d, args.mirror)):
             (tmp / name).mkdir()
             results.update(check(root.resolve(), rng, tmp / name))
+        if args.results:
+            (tmp / "results").mkdir()
+            results.update(check_results(args.results.resolve(), args.revisitop.resolve(), args.mirror.resolve(),
+                                         args.geowarp.resolve(), tmp / "results"))
     width = max(map(len, results))
     for name, diff in results.items():
         print(f"{name:<{width}}  max |ours - theirs| = {diff:.3g}")
