@@ -148,6 +148,7 @@ def test_image_list_reader_keeps_the_list_order(tmp_path):
     ("a.jpg\n../up.jpg\n", r"list\.txt:2: '\.\./up\.jpg' goes up"),
     ("a.jpg\nb.jpg\na.jpg\n", r"list\.txt:3: 'a\.jpg' is listed again \(first on line 1\)"),
     ("a.jpg\nmissing.jpg\n", r"missing\.jpg: listed in .*list\.txt but not found"),
+    ("a.jpg\nmy photo.jpg\n", r"list\.txt: image name 'my photo\.jpg' holds white space .*pairs\.txt"),
 ])
 def test_image_list_reader_refuses_bad_lists(tmp_path, lines, error):
     write_jpg(tmp_path / "a.jpg")

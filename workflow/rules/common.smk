@@ -5,6 +5,7 @@ import re
 from snakemake.exceptions import WorkflowError
 
 from vop.conf import ConfigError, method_conf
+from vop.datasets import PROTOCOLS
 from vop.workflow import load_datasets
 
 try:
@@ -177,6 +178,8 @@ def auc_inputs(wildcards):
 
 
 # The other protocols (protocols.smk)
+
+OTHER_PROTOCOLS = [p for p in PROTOCOLS if p != "auc"]  # vpr, revisitop, gl3d
 
 
 def protocol_datasets():

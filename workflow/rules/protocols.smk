@@ -70,7 +70,7 @@ rule protocol_table:
         runs=lambda wc: protocol_runs(wc.dataset),
     wildcard_constraints:
         dataset=alternatives(protocol_datasets()),
-        protocol="vpr|revisitop|gl3d",
+        protocol=alternatives(OTHER_PROTOCOLS),
     log:
         "logs/{dataset}/{protocol}_table.log",
     benchmark:
@@ -98,7 +98,7 @@ rule protocol_plot:
         runs=lambda wc: protocol_runs(wc.dataset),
     wildcard_constraints:
         dataset=alternatives(protocol_datasets()),
-        protocol="vpr|revisitop|gl3d",
+        protocol=alternatives(OTHER_PROTOCOLS),
     resources:
         mem_mb=mem_mb(2000),
     log:

@@ -181,6 +181,14 @@ def no_poses(names: list[str], sizes: np.ndarray) -> GroundTruth:
                        np.asarray(sizes, np.int64).reshape(n, 2), None)
 
 
+def refuse_spaces(names: Sequence[str], where: str | Path) -> None:
+    """pairs.txt (hloc's and COLMAP's format) separates the two names of a pair by a space."""
+    spaced = [n for n in names if any(c.isspace() for c in n)]
+    if spaced:
+        raise ValueError(f"{where}: image name {spaced[0]!r} holds white space ({len(spaced)} such names), which "
+                         "pairs.txt (hloc's and COLMAP's `name0 name1` lines) cannot hold; rename the files")
+
+
 def reader_class(source: str) -> type[SceneReader]:
     """The reader of a source name, or of a `module:Class` path (imported and registered on first use)."""
     if source in _CLASSES:

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from vop.conf import Conf
-from vop.datasets import ArchivePart, NoOptions, SceneReader, no_poses
+from vop.datasets import ArchivePart, NoOptions, SceneReader, no_poses, refuse_spaces
 from vop.datasets.folder import image_sizes
 from vop.io import GroundTruth, Relevance
 from vop.protocols import gl3d
@@ -95,6 +95,7 @@ class ImageListScene(SceneReader):
                 raise ValueError(f"{self.list_path}:{lineno}: {name!r} is listed again (first on line "
                                  f"{seen[name]}); every image once, pair files index the list by line")
             seen[name] = lineno
+        refuse_spaces(names, self.list_path)
         missing = [n for n in names if not (self.image_dir / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.image_dir / missing[0]}: listed in {self.list_path} but not found "

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from vop.conf import Conf
-from vop.datasets import SceneReader, no_poses
+from vop.datasets import SceneReader, no_poses, refuse_spaces
 from vop.datasets.folder import image_sizes
 from vop.io import GroundTruth, Relevance
 from vop.protocols import vpr
@@ -90,6 +90,7 @@ class VprScene(SceneReader):
             if not names:
                 raise FileNotFoundError(f"{folder}: no .jpg images; check the dataset's `root` and `split`")
         names = database + queries
+        refuse_spaces(names, self.image_dir)
         utm = np.array([vpr.parse_utm(str(self.image_dir / n)) for n in names], np.float64)
         gt = no_poses(names, image_sizes(self.image_dir, names))
         gt.relevance = positives_relevance(utm[:len(database)], utm[len(database):], self.options.positive_dist_m,

@@ -37,6 +37,7 @@ def plot_vpr(entries: Sequence[dict], table: pd.DataFrame, out_png: str | Path, 
     depth = max(vpr.RECALL_NS)
     for method, recall in curves.items():
         ax.plot(np.arange(1, depth + 1), recall, marker=".", label=method)
+    ax.set_xticks([1, 5, 10, 15, 20])
     ax.set(xlabel="N (database images retrieved)", ylabel="recall@N (%)", ylim=(0, 102), xlim=(1, depth),
            title=title or "Place recognition: recall@N")
     ax.grid(alpha=0.3)
@@ -51,9 +52,9 @@ def _bars(ax, methods: list[str], groups: list[str], values: np.ndarray) -> None
         bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, values[i], width, label=method)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(x, groups)
-    ax.set_ylim(0, 110)
+    ax.set_ylim(0, 125)  # room for the legend above the 100 % bars
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", fontsize=8, ncol=max(len(methods), 1))
 
 
 def _all_rows(table: pd.DataFrame) -> pd.DataFrame:
