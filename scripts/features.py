@@ -12,4 +12,5 @@ torch.set_num_threads(snakemake.threads)
 conf = BackboneConf.from_dict(snakemake.params.conf, f"backbones.{snakemake.wildcards.backbone}")
 backbone = load_backbone(snakemake.wildcards.backbone, weights=conf.weights)
 dump_features(snakemake.params.image_dir, io.read_names(snakemake.input.gt), backbone, snakemake.output[0],
-              batch_size=conf.batch_size, num_workers=snakemake.threads, with_flipped=snakemake.params.with_flipped)
+              batch_size=conf.batch_size, num_workers=snakemake.threads, with_flipped=snakemake.params.with_flipped,
+              views=io.read_views(snakemake.input.gt))

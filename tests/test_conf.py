@@ -47,8 +47,10 @@ def schema_blocks():
     for source in ("synthetic", "colmap", "folder"):
         then = branch(datasets, "source", source)
         blocks[f"datasets.<{source}>"] = (then, reader_class(source).Options)
-    blocks["datasets.<synthetic>.synthetic"] = (branch(datasets, "source", "synthetic")["properties"]["synthetic"],
-                                                conf.SyntheticConf)
+    synthetic_block = branch(datasets, "source", "synthetic")["properties"]["synthetic"]
+    blocks["datasets.<synthetic>.synthetic"] = (resolve(synthetic_block), conf.SyntheticConf)
+    for source in ("vpr", "image_list", "synthetic_vpr", "synthetic_revisitop", "synthetic_image_list"):
+        blocks[f"datasets.<{source}>"] = (branch(datasets, "source", source), reader_class(source).Options)
     for kind, method in conf.METHOD_CONFS.items():
         then = branch(methods, "type", kind)
         props = {**methods["properties"], **then["properties"]}  # type and k live at the entry's top

@@ -97,16 +97,24 @@ def _names(args) -> list[str]:
 
 
 def _generate(p):
-    p.add_argument("out", type=Path, help="scene folder to create (ETH3D layout)")
+    p.add_argument("out", type=Path, help="scene folder to create (ETH3D layout, or --layout's)")
+    p.add_argument("--layout", choices=["eth3d", "vpr", "revisitop", "image_list"], default="eth3d",
+                   help="eth3d: a room (synthetic); vpr: a street, revisitop: landmarks, image_list: a list with "
+                        "GL3D pairs (the synthetic_* sources)")
     add_conf_flags(p, confs.SyntheticConf)
 
     def run(args):
-        from vop.datasets import synthetic
+        from vop.datasets import synthetic, synthetic_protocols
 
         conf = conf_from_args(confs.SyntheticConf, args)
         textures = synthetic.TRAIN_TEXTURES if conf.textures == "train" else synthetic.EVAL_TEXTURES
-        synthetic.generate_scene(args.out, conf.seed, conf.num_images, conf.width, conf.height, textures,
-                                 overwrite=True)
+        if args.layout == "eth3d":
+            synthetic.generate_scene(args.out, conf.seed, conf.num_images, conf.width, conf.height, textures,
+                                     overwrite=True)
+        else:
+            generate = {"vpr": synthetic_protocols.generate_vpr, "revisitop": synthetic_protocols.generate_revisitop,
+                        "image_list": synthetic_protocols.generate_image_list}[args.layout]
+            generate(args.out, conf.seed, conf)
     return run
 
 
@@ -180,13 +188,17 @@ def _features(p):
     add_conf_flags(p, confs.BackboneConf)
 
     def run(args):
+        import h5py
+
         from vop.backbones import load_backbone
         from vop.features import dump_features
+        from vop.io import read_views
 
         conf = conf_from_args(confs.BackboneConf, args)
         backbone = load_backbone(args.backbone, conf.weights, args.device)
+        views = read_views(args.names_from) if h5py.is_hdf5(args.names_from) else None  # crops (revisitop)
         dump_features(args.image_dir, _names(args), backbone, args.out, batch_size=conf.batch_size,
-                      num_workers=args.workers, with_flipped=args.with_flipped)
+                      num_workers=args.workers, with_flipped=args.with_flipped, views=views)
     return run
 
 
@@ -246,6 +258,9 @@ def _retrieve(p):
         m.add_argument("--mode", choices=["register", "retrieve"], default="register")
         m.add_argument("--queries", help="retrieve mode: glob over image names selecting the queries")
         m.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+        m.add_argument("--depth", type=lambda t: t if t == "all" else int(t),
+                       help="a dataset's depth replacing --k: a number or `all` (deep lists continue a vop "
+                            "prefilter in its order)")
         add_conf_flags(m, conf, skip=("type",))
 
     def run(args):
@@ -253,7 +268,7 @@ def _retrieve(p):
 
         conf = conf_from_args(confs.METHOD_CONFS[args.type], args)
         run_method(conf, args.scene, args.gt, args.out_dir, getattr(args, "features", None),
-                   getattr(args, "embeddings", None), args.mode, args.queries, args.device)
+                   getattr(args, "embeddings", None), args.mode, args.queries, args.device, k=args.depth)
     return run
 
 
@@ -328,6 +343,37 @@ def _plots(p):
     return run
 
 
+def _match_pairs(p):
+    p.add_argument("--pairs", type=Path, required=True, help="pairs.txt of one run")
+    p.add_argument("--scores", type=Path, required=True, help="its scores.csv")
+    p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5 (the image list's order)")
+    p.add_argument("--out", type=Path, required=True, help="match_pairs.txt to write")
+
+    def run(args):
+        from vop.protocols.tables import write_match_pairs
+
+        write_match_pairs(args.pairs, args.scores, args.gt, args.out)
+    return run
+
+
+def _protocol_table(p):
+    p.add_argument("protocol", choices=["vpr", "revisitop", "gl3d"])
+    p.add_argument("--entries", type=Path, required=True,
+                   help="JSON list of {method, scene, pairs_txt, gt_h5, reader, mode, queries[, match_pairs, k]}")
+    p.add_argument("--out", type=Path, required=True, help="the table to write")
+    p.add_argument("--plot", type=Path, help="also its figure (png)")
+
+    def run(args):
+        from vop.protocols.plots import plot_protocol
+        from vop.protocols.tables import write_table
+
+        entries = _read_entries(args.entries)
+        print(write_table(args.protocol, entries, args.out).to_string(index=False))
+        if args.plot:
+            plot_protocol(args.protocol, entries, args.out, args.plot)
+    return run
+
+
 def _check(p):
     p.add_argument("results", type=Path, help="a dataset's results folder, e.g. results/demo")
 
@@ -378,6 +424,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "pose": (_pose, "relative pose of every retrieved pair, scored against the ground truth"),
     "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
     "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),
+    "match-pairs": (_match_pairs, "MIRorR's match_pairs.txt (i j score, self pair first) of one run"),
+    "protocol-table": (_protocol_table, "vpr.csv (recall@N), revisitop.csv (mAP E/M/H) or gl3d.csv (mAP@K)"),
     "check": (_check, "recompute every vop retrieval the straightforward way and compare"),
     "summary": (_summary, "per stage of a run: jobs, wall seconds, peak memory (from the benchmark files)"),
 }

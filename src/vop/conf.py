@@ -169,6 +169,7 @@ class DatasetConf(Conf):
     scenes: tuple[str, ...] | None = None
     mode: Literal["register", "retrieve"] | None = None  # None: the source's (vop.datasets)
     queries: str | None = None
+    k: int | None = None  # None: the source's depth (vpr 20, image_list 200, revisitop all), else each method's k
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ class _Schema:
         if "enum" in node:
             return ", ".join(map(str, node["enum"]))
         if "pattern" in node:
-            return f"a string matching {node['pattern']!r}"
+            return node.get("description") or f"a string matching {node['pattern']!r}"
         kinds = [node["type"]] if isinstance(node.get("type"), str) else list(node.get("type", []))
         text = " or ".join(_TYPE_WORDS.get(t, t) for t in kinds) or "another form"
         if kinds == ["array"] and isinstance(node.get("items"), dict):
@@ -290,8 +290,12 @@ class _Explainer:
         everywhere = self.schema.names(self.config, path, every_branch=True)
         allowed = f"allowed here: {listing(here)}" if here else "no keys are allowed here"
         def only(name: str) -> str:  # the branches a name belongs to, when it is not allowed here
-            conditions = dict.fromkeys(c for c in everywhere.get(name, []) if c)
-            return f" (only with {' or '.join(conditions)})" if conditions and name not in here else ""
+            values: dict[str, list[str]] = {}  # "source: a", "source: b" -> {"source": ["a", "b"]}
+            for condition in dict.fromkeys(c for c in everywhere.get(name, []) if c):
+                key, _, value = condition.partition(": ")
+                values.setdefault(key, []).append(value)
+            text = " or ".join(f"{key}: {listing(vals, limit=4)}" for key, vals in values.items())
+            return f" (only with {text})" if values and name not in here else ""
 
         problems = []
         for key in error.instance:
@@ -374,6 +378,9 @@ def validate_config(config: dict, schema_path: str | Path, *, source: str | None
     explainer = _Explainer(_Schema(schema, registry, uri), config)
     problems = [p for e in Draft202012Validator(schema, registry=registry).iter_errors(config)
                 for p in explainer.problems(e)]
+    # A key of another branch (rank 2) only because its branch's key has a wrong value: that value is the fix.
+    wrong = {p.path for p in problems if p.rank in (0, 1)}
+    problems = [p for p in problems if not (p.rank == 2 and any(w[:-1] == p.path[:-1] for w in wrong))]
     if not problems:  # every error came from a vacuous branch: say what jsonschema says, briefly
         error = next(Draft202012Validator(schema, registry=registry).iter_errors(config))
         problems = [_Problem(tuple(error.absolute_path), f"{key_path(error.absolute_path)}: {error.message[:160]}", 5)]

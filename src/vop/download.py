@@ -30,7 +30,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from vop.io import replace_dir
+from vop.io import atomic_path, replace_dir
 from vop.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -248,13 +248,28 @@ def _write_member(source, dest: Path) -> None:
         shutil.copyfileobj(source, out, CHUNK)
 
 
-def extract(archive: str | Path, target: str | Path, member_prefix: str = "", overwrite: bool = False) -> Path:
+def install_file(path: str | Path, target: str | Path) -> Path:
+    """Copy a downloaded file that is not an archive (a .pkl, an image list) into the folder `target`,
+    under its own name, atomically. Returns the installed file."""
+    path, target = Path(path), Path(target)
+    dest = target / path.name
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(path, tmp)
+    logger.info("%s -> %s", path, dest)
+    return dest
+
+
+def extract(archive: str | Path, target: str | Path, member_prefix: str = "", overwrite: bool = False,
+            flatten: bool = False) -> Path:
     """Extract a zip or tar archive into `target`, refusing members that escape it, links and devices.
 
     With `member_prefix` (e.g. "ETH3D_undistorted/courtyard/") only members under it are extracted, to
     `target / member_prefix`, so one scene of a large archive is unpacked by its own job. Files are
     written by this function (never by the archive library), so permissions and links in the archive
-    have no effect. Returns the extracted folder.
+    have no effect. With `flatten`, every file goes straight into `target` under its basename (as
+    revisitop's download script does with the Oxford and Paris archives), added to what `target` holds
+    already, so several archives can fill one folder; two members with one basename are refused.
+    Returns the extracted folder.
     """
     archive, target = Path(archive), Path(target)
     kind = archive_kind(archive)
@@ -262,6 +277,8 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
         raise ArchiveError(f"{archive}: unknown archive type (expected .zip or .tar[.gz|.bz2|.xz])")
     prefix = member_prefix.strip("/") + "/" if member_prefix.strip("/") else ""
     final = target / prefix if prefix else target
+    if flatten:
+        return _extract_flat(archive, kind, final, prefix)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists: delete it or pass overwrite=True (--overwrite)")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -305,4 +322,54 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("%s: extracted %d files to %s", archive, count, final)
+    return final
+
+
+def _members(archive: Path, kind: str):
+    """(checked relative name, open file) of every regular file of the archive, in archive order."""
+    if kind == "zip":
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ArchiveError(f"{archive}: not a valid zip archive ({e}); download it again") from e
+        with zf:
+            members = [(info, _check_zip_member(info, archive)) for info in zf.infolist()]
+            for info, name in members:
+                if not info.is_dir():
+                    with zf.open(info) as src:
+                        yield name, src
+        return
+    try:
+        with tarfile.open(archive, "r:*") as tf:
+            for member in tf:
+                name = _check_tar_member(member, archive)
+                if member.isfile():
+                    yield name, tf.extractfile(member)
+    except (tarfile.TarError, EOFError) as e:
+        detail = " ".join(str(e).split())
+        raise ArchiveError(f"{archive}: truncated or corrupt tar archive ({detail}); download it again") from e
+
+
+def _extract_flat(archive: Path, kind: str, final: Path, prefix: str) -> Path:
+    """`extract(..., flatten=True)`: files under `prefix` into `final` by basename, each moved into place
+    once written (a rerun after an interruption writes them again)."""
+    final.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    seen: dict[str, str] = {}
+    try:
+        for name, src in _members(archive, kind):
+            if not (name + "/").startswith(prefix):
+                continue
+            base = PurePosixPath(name).name
+            if base in seen:
+                raise ArchiveError(f"{archive}: members {seen[base]!r} and {name!r} have the same file name, so "
+                                   f"they cannot both go into {final}; refusing the archive")
+            seen[base] = name
+            _write_member(src, tmp / base)
+            os.replace(tmp / base, final / base)
+        if not seen:
+            raise ArchiveError(f"{archive} holds no file{f' under {prefix!r}' if prefix else ''}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("%s: extracted %d files into %s", archive, len(seen), final)
     return final

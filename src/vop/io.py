@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -75,14 +75,32 @@ POSE_COLUMNS = ["query", "db", "num_matches", "num_inliers", "threshold", "R_err
 
 
 @dataclass
+class Relevance:
+    """Sparse graded relevance of database images to queries (indices into `names`), for sources whose
+    ground truth is a protocol's labels rather than an overlap matrix (VPR positives, revisitop's
+    easy/hard/junk, GL3D pairs). Grades are > 0, higher first; the oracle ranks by them."""
+
+    query: np.ndarray  # (M,) int64
+    db: np.ndarray  # (M,) int64
+    grade: np.ndarray  # (M,) float32
+
+
+@dataclass
 class GroundTruth:
-    """Per-image calibration and poses of one scene, plus the co-visibility overlap."""
+    """Per-image calibration and poses of one scene, plus the co-visibility overlap.
+
+    `relevance` stands in for `overlap` where a source has labels instead (the oracle reads either);
+    `views` maps an image name to (file relative to the image folder, crop box x1, y1, x2, y2 in pixels)
+    where the image is a crop of a file (revisitop's queries), so features see the crop.
+    """
 
     names: list[str]
     K: np.ndarray  # (N,3,3) float64
     T_w2cam: np.ndarray  # (N,4,4) float64
     image_size: np.ndarray  # (N,2) [w,h]
     overlap: np.ndarray | None  # (N,N) float32, None where the dataset has no 3D points
+    relevance: Relevance | None = None
+    views: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
@@ -92,16 +110,32 @@ class GroundTruth:
         return self.T_w2cam[j] @ np.linalg.inv(self.T_w2cam[i])
 
 
+RESERVED_GT_KEYS = ("names", "overlap", "relevance")  # root entries of gt.h5 besides the image groups
+
+
 def write_gt(path: str | Path, gt: GroundTruth) -> None:
+    clash = [n for n in gt.names if n.strip("/").split("/")[0] in RESERVED_GT_KEYS]
+    if clash:
+        raise ValueError(f"{path}: image name {clash[0]!r} starts with a key gt.h5 keeps for itself "
+                         f"({', '.join(RESERVED_GT_KEYS)}); rename that file or folder")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("names", data=np.array(gt.names, dtype=h5py.string_dtype()))
         if gt.overlap is not None:
             f.create_dataset("overlap", data=np.asarray(gt.overlap, np.float32))
+        if gt.relevance is not None:
+            r = f.create_group("relevance")  # a root group without image datasets: not an image name
+            r.create_dataset("query", data=np.asarray(gt.relevance.query, np.int64))
+            r.create_dataset("db", data=np.asarray(gt.relevance.db, np.int64))
+            r.create_dataset("grade", data=np.asarray(gt.relevance.grade, np.float32))
         for i, name in enumerate(gt.names):
             g = f.create_group(name)
             g.create_dataset("K", data=np.asarray(gt.K[i], np.float64))
             g.create_dataset("T_w2cam", data=np.asarray(gt.T_w2cam[i], np.float64))
             g.create_dataset("image_size", data=np.asarray(gt.image_size[i], np.int64))
+            if name in gt.views:
+                file, box = gt.views[name]
+                g.create_dataset("file", data=str(file), dtype=h5py.string_dtype())
+                g.create_dataset("crop", data=np.asarray(box, np.float64))
 
 
 def decode_names(dataset: h5py.Dataset) -> list[str]:
@@ -117,7 +151,28 @@ def read_gt(path: str | Path) -> GroundTruth:
         T = np.stack([f[n]["T_w2cam"][()] for n in names]) if names else np.zeros((0, 4, 4))
         size = np.stack([f[n]["image_size"][()] for n in names]) if names else np.zeros((0, 2))
         overlap = f["overlap"][()] if "overlap" in f else None
-    return GroundTruth(names, K, T, size, overlap)
+        relevance = None
+        if "relevance" in f and isinstance(f["relevance"], h5py.Group) and "grade" in f["relevance"]:
+            r = f["relevance"]
+            relevance = Relevance(r["query"][()], r["db"][()], r["grade"][()])
+        views = _read_views(f, names)
+    return GroundTruth(names, K, T, size, overlap, relevance, views)
+
+
+def _read_views(f: h5py.File, names: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+    views = {}
+    for name in names:
+        g = f[name]
+        if "crop" in g:
+            file = g["file"][()]
+            views[name] = (file.decode() if isinstance(file, bytes) else str(file), g["crop"][()])
+    return views
+
+
+def read_views(path: str | Path) -> dict[str, tuple[str, np.ndarray]]:
+    """{name: (file, crop box)} of the images of a gt.h5 that are crops of a file (revisitop queries)."""
+    with h5py.File(path, "r") as f:
+        return _read_views(f, decode_names(f["names"]))
 
 
 def read_names(path: str | Path) -> list[str]:

@@ -100,10 +100,13 @@ def check_method_dir(method_dir: Path) -> tuple[bool, str]:
     else:
         queries = database = everything
     k = int(info.get("k_clamped", info["k"]))
-    prefilter = int(info.get("prefilter_clamped", info["prefilter"]))
-    expected = [(names[q], names[d]) for q, dbs, _ in
-                retrieve_vop(glob, patches, queries, database, k, prefilter, float(info["radius"]), bool(info["tfidf"]))
-                for d in dbs]
+    prefilter_size = int(info.get("prefilter_clamped", info["prefilter"]))
+    # a list deeper than the prefilter (a protocol's depth) continues in prefilter order after the reranked head
+    ranked = prefilter(glob, queries, database, max(k, prefilter_size))
+    head = retrieve_vop(glob, patches, queries, database, min(k, prefilter_size), prefilter_size,
+                        float(info["radius"]), bool(info["tfidf"]), [c[:prefilter_size] for c in ranked])
+    expected = [(names[q], names[d]) for (q, dbs, _), cand in zip(head, ranked)
+                for d in [*dbs, *cand[prefilter_size:k]]]
     written = io.read_pairs(method_dir / "pairs.txt")
     if expected == written:
         return True, f"{method_dir}: {len(written)} pairs equal"

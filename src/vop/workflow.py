@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vop.conf import ConfigError, EncoderConf, did_you_mean, key_path, listing, method_conf
+from vop.conf import ConfigError, EncoderConf, did_you_mean, fields_of, key_path, listing, method_conf
 from vop.datasets import SOURCES, Dataset, reader_class
 
 
@@ -39,9 +39,10 @@ def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> 
         for i, method in enumerate(dataset.conf.methods):
             if method not in confs:
                 raise _not_configured((*where, "methods", i), method, "methods", confs)
-            if confs[method].needs == "overlap" and not dataset.has_poses:
+            if confs[method].needs == "overlap" and not dataset.has_ground_truth:
+                extra = " without `gt_pairs`" if "gt_pairs" in fields_of(dataset.reader.Options) else ""
                 raise ConfigError(f"{key_path((*where, 'methods', i))}: {method!r} needs ground-truth overlap, which "
-                                  f"a `{dataset.conf.source}` dataset does not have; remove it from the list",
+                                  f"a `{dataset.conf.source}` dataset{extra} does not have; remove it from the list",
                                   (*where, "methods", i))
     for name, conf in confs.items():
         encoder = getattr(conf, "encoder", None)

@@ -3,8 +3,11 @@
 import os
 import re
 
+from snakemake.exceptions import WorkflowError
+
 from vop.conf import method_conf
 from vop.config_errors import exit_on_config_error
+from vop.datasets import PROTOCOLS
 from vop.workflow import load_datasets
 
 with exit_on_config_error():  # the message (key path and fix first), without a traceback
@@ -53,7 +56,8 @@ def needed_files(dataset, scene, needs):
     """The paths of what a scene's stage reads (vop.datasets.Needs): files under a configured root, the
     stamps of the archive parts to unpack, or the stamp of the generated scene."""
     paths = list(needs.files)
-    paths += [rules.extract_part.output[0].format(dataset=dataset, part=part) for part in needs.parts]
+    paths += [(rules.place_part if DATASETS[dataset].archive_part(part).placed else rules.extract_part)
+              .output[0].format(dataset=dataset, part=part) for part in needs.parts]
     if needs.generated:
         paths.append(rules.generate_scene.output[0].format(dataset=dataset, scene=scene))
     return paths
@@ -131,9 +135,13 @@ def method_backbone(dataset, method):
 
 
 def retrieval_mode(dataset):
-    """register (every image against its scene) or retrieve (the `queries` glob against the rest)."""
+    """register (every image against its scene) or retrieve (the `queries` glob against the rest), and the
+    dataset's depth `k` where it replaces the methods' (a protocol's: vpr, revisitop, gl3d)."""
     ds = DATASETS[dataset]
-    return {"mode": "retrieve", "queries": ds.queries} if ds.mode == "retrieve" else {"mode": "register"}
+    mode = {"mode": "retrieve", "queries": ds.queries} if ds.mode == "retrieve" else {"mode": "register"}
+    if ds.retrieval_k is not None:
+        mode["k"] = ds.retrieval_k
+    return mode
 
 
 def retrieval_inputs(wildcards):
@@ -169,10 +177,67 @@ def auc_inputs(wildcards):
     return inputs
 
 
+# The other protocols (protocols.smk)
+
+OTHER_PROTOCOLS = [p for p in PROTOCOLS if p != "auc"]  # vpr, revisitop, gl3d
+
+
+def protocol_datasets():
+    return datasets_where(lambda ds: ds.protocol != "auc")
+
+
+def placed_parts_datasets():
+    """Downloaded datasets with files that place_part puts in place (vop.datasets.ArchivePart.placed)."""
+    return datasets_where(
+        lambda ds: ds.downloaded and any(p.placed for s in ds.scenes for p in ds.reader.archive_parts(s))
+    )
+
+
+def protocol_inputs(wildcards):
+    """Each run's files, in the order of protocol_runs(), and the native ground truth the tables read."""
+    ds = DATASETS[wildcards.dataset]
+    if wildcards.protocol != ds.protocol:
+        raise WorkflowError(f"dataset {wildcards.dataset!r} is scored by the {ds.protocol} protocol: its table is "
+                            f"results/{wildcards.dataset}/{ds.protocol}.csv")
+    runs = [(run["method"], run["scene"]) for run in protocol_runs(wildcards.dataset)]
+    inputs = {
+        "pairs": [rules.retrieve.output.pairs.format(dataset=ds.name, scene=s, method=m) for m, s in runs],
+        "gt": [rules.ground_truth.output[0].format(dataset=ds.name, scene=s) for m, s in runs],
+        "truth": [p for s in ds.scenes for p in needed_files(ds.name, s, ds.ground_truth_needs(s))],
+    }
+    if ds.protocol == "gl3d":
+        inputs["match_pairs"] = [rules.match_pairs.output[0].format(dataset=ds.name, scene=s, method=m) for m, s in runs]
+    return inputs
+
+
+def protocol_targets(names):
+    """The table and figure of every dataset in `names` scored by another protocol than poses."""
+    out = []
+    for name in names:
+        ds = DATASETS[name]
+        if ds.protocol != "auc" and ds.conf.methods:
+            out += [rules.protocol_table.output[0].format(dataset=name, protocol=ds.protocol),
+                    rules.protocol_plot.output[0].format(dataset=name, protocol=ds.protocol)]
+    return out
+
+
+def protocol_runs(dataset):
+    """The (method, scene) runs of a protocol table (vpr, revisitop, gl3d): with the reader's arguments,
+    and `k`, the depth the table scores (match_pairs.txt's lines per query for gl3d)."""
+    ds = DATASETS[dataset]
+    return [
+        {"method": m, "scene": s, **retrieval_mode(dataset), "k": ds.k, "reader": canonical(ds.reader_args(s))}
+        for m in ds.conf.methods
+        for s in ds.scenes
+    ]
+
+
 def run_summary_inputs(wildcards):
     """The dataset's last outputs (its table, and its figures where it has poses): the summary comes after
     every job it counts."""
     ds = wildcards.dataset
+    if DATASETS[ds].protocol != "auc":
+        return protocol_targets([ds])
     inputs = [rules.auc_table.output[0].format(dataset=ds)]
     if DATASETS[ds].has_poses:
         inputs.append(rules.plots.output.summary.format(dataset=ds))

@@ -39,7 +39,16 @@ SOURCES = {
     "inloc": "vop.datasets.inloc:InLocScene",
     "colmap": "vop.datasets.colmap:ColmapScene",
     "folder": "vop.datasets.folder:FolderScene",
+    "vpr": "vop.datasets.vpr:VprScene",
+    "revisitop": "vop.datasets.revisitop:RevisitopScene",
+    "image_list": "vop.datasets.image_list:ImageListScene",
+    "gl3d": "vop.datasets.image_list:Gl3dScene",
+    "synthetic_vpr": "vop.datasets.synthetic_protocols:SyntheticVprScene",
+    "synthetic_revisitop": "vop.datasets.synthetic_protocols:SyntheticRevisitopScene",
+    "synthetic_image_list": "vop.datasets.synthetic_protocols:SyntheticImageListScene",
 }
+# The table each protocol writes, results/{dataset}/{protocol}.csv (auc: the pose protocol, vop.metrics)
+PROTOCOLS = ("auc", "vpr", "revisitop", "gl3d")
 _CLASSES: dict[str, type[SceneReader]] = {}
 
 
@@ -57,7 +66,9 @@ class ArchivePart:
     """The members of one downloaded archive that a scene needs, unpacked by their own job.
 
     `target` is the folder below the dataset's download folder (resources/{dataset}) that the members
-    land in, with their paths in the archive; `role` says which stage reads them.
+    land in, with their paths in the archive (`flatten`: by their basenames, several parts may then fill
+    one folder); `role` says which stage reads them. An `archive` that is not an archive by its name (a
+    .pkl, a .txt) is one file, copied into `target`.
     """
 
     name: str
@@ -65,6 +76,15 @@ class ArchivePart:
     member_prefix: str
     target: str = ""
     role: str = "ground_truth"  # or "depth" (training labels only)
+    flatten: bool = False  # every file straight into `target` by its basename (revisitop's jpg/)
+
+    @property
+    def placed(self) -> bool:
+        """Put in place by the `place_part` rule (a plain file copied, or an archive flattened) rather
+        than unpacked with its paths by `extract_part`."""
+        from vop.download import archive_kind
+
+        return self.flatten or archive_kind(self.archive) is None
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,10 @@ class SceneReader:
     single_scene: ClassVar[bool] = False  # without `scenes`, the root is one scene named after the dataset
     default_mode: ClassVar[str] = "register"
     default_queries: ClassVar[str | None] = None
+    protocol: ClassVar[str] = "auc"  # its table: results/{dataset}/{protocol}.csv (PROTOCOLS)
+    # how many database images each query's list holds: None (each method's k), a number, or "all"
+    default_k: ClassVar[int | str | None] = None
+    min_k: ClassVar[int] = 1  # the protocol's deepest cut (VPR's R@20)
 
     def __init__(self, root: str | Path, scene: str | None = None, **options):
         self.root = Path(root)
@@ -120,6 +144,24 @@ class SceneReader:
         """The parts of the source's archives that `scene` needs (downloaded sources)."""
         return []
 
+    @classmethod
+    def archive_url(cls, archive: str) -> str:
+        """Where `archive` is downloaded from when the dataset sets no `url` (sources whose files live on
+        several servers override it)."""
+        return f"{str(cls.url).rstrip('/')}/{archive}"
+
+    @classmethod
+    def retrieval_depth(cls, k: int | str) -> int | str:
+        """How many database images retrieval lists per query for a dataset depth `k` (MIRorR's K counts
+        the self pair, which retrieval does not list)."""
+        return k
+
+    @classmethod
+    def has_ground_truth(cls, options: Conf) -> bool:
+        """Whether scenes of this source (with these options) come with ground truth to score and to rank
+        the oracle by (overlap or relevance)."""
+        return cls.has_poses
+
     def depth(self, name: str, size) -> np.ndarray:
         raise NoDepthError(
             f"{self.scene_dir}: image {name}: a `{self.source}` scene has no depth maps, and training labels need "
@@ -137,6 +179,14 @@ def no_poses(names: list[str], sizes: np.ndarray) -> GroundTruth:
     n = len(names)
     return GroundTruth(list(names), np.full((n, 3, 3), np.nan), np.full((n, 4, 4), np.nan),
                        np.asarray(sizes, np.int64).reshape(n, 2), None)
+
+
+def refuse_spaces(names: Sequence[str], where: str | Path) -> None:
+    """pairs.txt (hloc's and COLMAP's format) separates the two names of a pair by a space."""
+    spaced = [n for n in names if any(c.isspace() for c in n)]
+    if spaced:
+        raise ValueError(f"{where}: image name {spaced[0]!r} holds white space ({len(spaced)} such names), which "
+                         "pairs.txt (hloc's and COLMAP's `name0 name1` lines) cannot hold; rename the files")
 
 
 def reader_class(source: str) -> type[SceneReader]:
@@ -224,6 +274,18 @@ class Dataset:
         if self.mode == "retrieve" and not self.queries:
             raise ConfigError(f"{where}.queries: missing; mode retrieve needs a glob over image names such as "
                               "'query/*'")
+        if reader.protocol != "auc" and ((conf.mode or reader.default_mode) != reader.default_mode or conf.queries):
+            fixed = f"{reader.default_mode} mode" + (f", queries {reader.default_queries!r}" if reader.default_queries
+                                                      else "")
+            raise ConfigError(f"{where}.mode: the {reader.protocol} protocol of a `{conf.source}` dataset fixes its "
+                              f"queries ({fixed}); remove `mode` and `queries`")
+        if reader.default_k == "all" and conf.k is not None:
+            raise ConfigError(f"{where}.k: a `{conf.source}` dataset ranks the whole database for every query "
+                              f"(its metrics score the full ranking); remove `k`")
+        if isinstance(self.k, int) and self.k < reader.min_k:
+            raise ConfigError(f"{where}.k: {self.k} is below {reader.min_k}, the deepest cut of the "
+                              f"{reader.protocol} protocol (e.g. R@{reader.min_k}); set {self.where}.k: "
+                              f"{reader.min_k} or more")
 
     @property
     def has_poses(self) -> bool:
@@ -232,6 +294,27 @@ class Dataset:
     @property
     def has_depth(self) -> bool:
         return self.reader.has_depth
+
+    @property
+    def protocol(self) -> str:
+        """The table this dataset's scenes are scored in: auc (poses), vpr, revisitop or gl3d."""
+        return self.reader.protocol
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether its scenes can be scored (and ranked by the oracle): overlap or the protocol's labels."""
+        return self.reader.has_ground_truth(self.options)
+
+    @property
+    def k(self) -> int | str | None:
+        """The depth of every method's lists on this dataset: its `k`, else the source's (None: each
+        method's own k; "all": the whole database)."""
+        return self.conf.k if self.conf.k is not None else self.reader.default_k
+
+    @property
+    def retrieval_k(self) -> int | str | None:
+        """The k that replaces every method's k in retrieval on this dataset (None: each method's own)."""
+        return None if self.k is None else self.reader.retrieval_depth(self.k)
 
     @property
     def resources_dir(self) -> str:
@@ -321,6 +404,8 @@ class Dataset:
         return f"{self.resources_dir}/{self.archive_part(part).target}".rstrip("/")
 
     def archive_url(self, archive: str) -> str:
-        if not self.url:
+        if self.conf.url:
+            return f"{self.conf.url.rstrip('/')}/{archive}"
+        if not self.reader.url:
             raise ConfigError(f"{self.where}.url: missing; set it to the folder its archives are downloaded from")
-        return f"{self.url.rstrip('/')}/{archive}"
+        return self.reader.archive_url(archive)

@@ -580,17 +580,21 @@ def build_scene(seed: int, num_images: int = 24, width: int = 640, height: int =
 
 def generate_scene(out_dir: str | Path, seed: int, num_images: int = 24, width: int = 640, height: int = 480,
                    textures: list[str] | tuple[str, ...] | None = None, points_per_m2: float = 80.0,
-                   texels_per_m: float = 256.0, jpeg_quality: int = 95, overwrite: bool = False) -> Scene:
+                   texels_per_m: float = 256.0, jpeg_quality: int = 95, overwrite: bool = False,
+                   scene: Scene | None = None) -> Scene:
     """Render one scene into `out_dir` in the ETH3D layout; returns the scene (geometry, views, points).
 
     Everything is written into a temporary directory beside `out_dir` that is renamed at the end, so an
-    interrupted run leaves nothing half-written. `textures=None` uses EVAL_TEXTURES.
+    interrupted run leaves nothing half-written. `textures=None` uses EVAL_TEXTURES. `scene` renders a
+    scene built elsewhere (its views' sizes must be width x height) instead of this seed's room.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists: delete it or pass overwrite=True (--overwrite)")
     start = time.perf_counter()
-    scene = build_scene(seed, num_images, width, height, textures, texels_per_m)
+    if scene is None:
+        scene = build_scene(seed, num_images, width, height, textures, texels_per_m)
+    num_images = len(scene.views)
     ss = np.random.SeedSequence(seed)
     point_rng, *image_rngs = (np.random.default_rng(s) for s in ss.spawn(num_images + 1))
     points = sample_surface_points(point_rng, scene.quads, points_per_m2)
