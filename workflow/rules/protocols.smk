@@ -25,7 +25,7 @@ rule place_part:
     log:
         "logs/{dataset}/place_{part}.log",
     benchmark:
-        "logs/{dataset}/place_{part}.benchmark.tsv"
+        "logs/{dataset}/place_part-{part}.benchmark.tsv"
     conda:
         "../../envs/vop.yaml"
     script:
@@ -74,7 +74,7 @@ rule protocol_table:
     log:
         "logs/{dataset}/{protocol}_table.log",
     benchmark:
-        "logs/{dataset}/{protocol}_table.benchmark.tsv"
+        "logs/{dataset}/protocol_table-{protocol}.benchmark.tsv"
     localrule: True
     conda:
         "../../envs/vop.yaml"
@@ -104,7 +104,7 @@ rule protocol_plot:
     log:
         "logs/{dataset}/{protocol}_plot.log",
     benchmark:
-        "logs/{dataset}/{protocol}_plot.benchmark.tsv"
+        "logs/{dataset}/protocol_plot-{protocol}.benchmark.tsv"
     conda:
         "../../envs/vop.yaml"
     script:
