@@ -1,10 +1,10 @@
-"""A synthetic walk for the pycolmap tests: cameras side by side facing one wall of a synthetic room.
+"""A synthetic walk for the pycolmap tests: cameras on an arc around one box of a synthetic room.
 
 vop.datasets.synthetic places its cameras around targets that face apart, so its scenes fall into groups
 that share nothing (by design: every overlap from none to full). SfM tests need one connected capture: here
-the room, boxes and textures of `synthetic.build_scene` are kept and the cameras replaced by a walk along
-the room, all looking at the far wall (boxes in between occlude some of it), rendered with the same
-ray caster. The true tracks come from random surface points, observed as `synthetic.observe` does.
+the room, boxes and textures of `synthetic.build_scene` are kept and the cameras replaced by a walk around
+a box, all looking at it, rendered with the same ray caster. The true tracks come from random surface
+points, observed as `synthetic.observe` does.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class Walk:
 
 def render_walk(out_dir: Path, seed: int = 0, num_images: int = 10, width: int = 640, height: int = 480,
                 points_per_m2: float = 80.0) -> Walk:
-    """Render the walk into out_dir/images/IMG_0000.png ...; poses exact, K shared (77 degrees wide)."""
+    """Render the walk into out_dir/images/IMG_0000.png ... in walking order; exact poses, one K (77 degrees
+    wide), and the co-visibility overlap of the true tracks as gt.overlap."""
     # Every texture: the fewer repeats of one photograph, the fewer false matches between unrelated views.
     scene = synthetic.build_scene(seed, num_images=2, width=width, height=height,
                                   textures=sorted(synthetic.TEXTURE_FILES))
@@ -42,22 +43,36 @@ def render_walk(out_dir: Path, seed: int = 0, num_images: int = 10, width: int =
     points = synthetic.sample_surface_points(rng, scene.quads, points_per_m2)
     visible = []
     probe_K = np.array([[0.8 * 48, 0, 24], [0, 0.8 * 48, 18], [0, 0, 1]])
-    for k, x in enumerate(np.linspace(0.3 * W, 0.7 * W, num_images)):
-        # Zig-zag in depth and height, so the centres are not collinear (a similarity needs that).
-        height_m = 1.5 + 0.25 * (-1) ** k + rng.uniform(-0.1, 0.1)
-        for y in np.arange(0.55 * D, 0.5, -0.25) - 0.2 * (k % 2):
-            center = np.array([x, y, height_m])
-            target = np.array([x + rng.uniform(-0.3, 0.3), D, rng.uniform(1.3, 1.7)])
-            R = synthetic._look_at(center, target, rng.normal(0, 0.03))
-            qvec = colmap.rotmat_to_qvec(R)
-            R = colmap.qvec_to_rotmat(qvec)
-            t = -R @ center
-            if any(box.contains(center[None], 0.4)[0] for box in scene.boxes):
-                continue
-            # The nearest 90% of a coarse render no closer than 60% of the wall: no box right in front.
-            probe = synthetic.raycast(scene.quads, probe_K, R, t, 48, 36).depth
-            if np.quantile(probe, 0.1) >= 0.6 * (D - y):
+    # An arc of 70 degrees around a box, facing it, on the side with the most room: the box, the floor and
+    # the walls behind give depth (a flat wall alone leaves SfM a rotation-translation ambiguity). Heights
+    # zig-zag; the first box and radius that keep every camera in free space and off any surface closer
+    # than 0.6 m wins.
+    jitter = [(0.25 * (-1) ** k + rng.uniform(-0.05, 0.05), rng.normal(0, 0.03)) for k in range(num_images)]
+    room_center = np.array([W / 2, D / 2])
+    poses = []
+    for box in scene.boxes:
+        away = box.center - room_center
+        heading = np.arctan2(-away[1], -away[0]) if np.linalg.norm(away) > 0.1 else 0.0
+        for radius in (2.5, 2.2, 2.8, 3.2, 1.9):
+            poses = []
+            for angle, (dz, roll) in zip(heading + np.radians(np.linspace(-35, 35, num_images)), jitter, strict=True):
+                center = np.array([*(box.center + radius * np.array([np.cos(angle), np.sin(angle)])), 1.6 + dz])
+                inside = np.all((center > 0.4) & (center < scene.room - 0.4))
+                R = synthetic._look_at(center, np.array([*box.center, 0.6 * box.height]), roll)
+                qvec = colmap.rotmat_to_qvec(R)
+                R = colmap.qvec_to_rotmat(qvec)
+                t = -R @ center
+                if not inside or any(b.contains(center[None], 0.4)[0] for b in scene.boxes) or \
+                        synthetic.raycast(scene.quads, probe_K, R, t, 48, 36).depth.min() < 0.6:
+                    break
+                poses.append((qvec, R, t))
+            if len(poses) == num_images:
                 break
+        if len(poses) == num_images:
+            break
+    else:
+        raise RuntimeError(f"seed {seed}: no clear arc around a box in this room; try another seed")
+    for k, (qvec, R, t) in enumerate(poses):
         hits = synthetic.raycast(scene.quads, K, R, t, width, height)
         image = synthetic.photometric(rng, synthetic.shade(scene.quads, hits, 256.0))
         name = f"IMG_{k:04d}.png"
