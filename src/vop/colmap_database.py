@@ -273,7 +273,7 @@ class VerifyStats:
     """Outcome of two-view verification over a database."""
 
     pairs_checked: int  # pairs with raw matches that verification looked at
-    verified_pairs: int  # pairs with at least `min_num_inliers` inliers
+    verified_pairs: int  # pairs of the database with at least `min_num_inliers` inliers
     inlier_matches: int
     configs: dict[str, int]  # COLMAP's TwoViewGeometry configuration of the verified pairs
     seconds: float
@@ -349,8 +349,9 @@ def verify(database_path: str | Path, pairs: str | Path | Sequence[Pair] | None 
 
 
 def read_counts(database_path: str | Path) -> dict[str, int]:
-    """Row counts of a database: images, cameras, rigs, frames, keypoints, descriptors, matched and
-    verified pairs, matches and inlier matches."""
+    """Row counts of a database: images, cameras, rigs, frames, keypoints, descriptors, matched pairs,
+    matches, verified pairs (two-view geometry rows: COLMAP writes one for a failed pair too, with no
+    inliers) and inlier matches."""
     database_path = Path(database_path)
     if not database_path.is_file():
         raise FileNotFoundError(f"{database_path}: database not found")

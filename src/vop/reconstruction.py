@@ -195,8 +195,9 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
 
 
 def model_metrics(models: Sequence[pycolmap.Reconstruction], names: Sequence[str]) -> dict:
-    """Registration and structure figures; `registered*` and `points3D`... describe the largest model,
-    `registered_any` counts images registered in any model."""
+    """Registration and structure figures of models sorted largest first: `registered`, `points3D`, track
+    length and reprojection error describe the largest; `registered_any` counts images in any model
+    (COLMAP lets models share up to max_model_overlap images, so model_sizes may sum to more)."""
     n = len(names)
     largest = models[0] if models else None
     in_any = {im.name for rec in models for im in rec.images.values() if im.has_pose}
