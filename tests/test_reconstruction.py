@@ -3,7 +3,7 @@ import pytest
 from walk_scene import render_walk
 
 from vop.colmap_database import read_counts
-from vop.pose import extract_local_features
+from vop.local_features import extract_local_features
 from vop.reconstruction import exhaustive_pairs, reconstruct, sequential_pairs
 
 

@@ -7,7 +7,7 @@ from walk_scene import render_walk
 from vop.colmap_database import read_counts
 from vop.datasets import colmap
 from vop.io import GroundTruth
-from vop.pose import extract_local_features
+from vop.local_features import extract_local_features
 from vop.triangulation import TriangulationError, pose_neighbour_pairs, triangulate
 
 MARY_ROSE = Path(__file__).parents[2] / "shared" / "data" / "mary_rose"

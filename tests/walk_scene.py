@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vop.datasets import colmap, synthetic
+from vop.datasets import synthetic
+from vop.geometry import covisibility_overlap, qvec_to_rotmat, rotmat_to_qvec
 from vop.io import GroundTruth
 
 
@@ -59,8 +60,8 @@ def render_walk(out_dir: Path, seed: int = 0, num_images: int = 10, width: int =
                 center = np.array([*(box.center + radius * np.array([np.cos(angle), np.sin(angle)])), 1.6 + dz])
                 inside = np.all((center > 0.4) & (center < scene.room - 0.4))
                 R = synthetic._look_at(center, np.array([*box.center, 0.6 * box.height]), roll)
-                qvec = colmap.rotmat_to_qvec(R)
-                R = colmap.qvec_to_rotmat(qvec)
+                qvec = rotmat_to_qvec(R)
+                R = qvec_to_rotmat(qvec)
                 t = -R @ center
                 if not inside or any(b.contains(center[None], 0.4)[0] for b in scene.boxes) or \
                         synthetic.raycast(scene.quads, probe_K, R, t, 48, 36).depth.min() < 0.6:
@@ -85,5 +86,5 @@ def render_walk(out_dir: Path, seed: int = 0, num_images: int = 10, width: int =
         Ts.append(T)
     n = len(names)
     gt = GroundTruth(names, np.repeat(K[None], n, 0), np.stack(Ts), np.tile([width, height], (n, 1)),
-                     colmap.covisibility_overlap(visible))
+                     covisibility_overlap(visible))
     return Walk(gt, image_dir, visible)

@@ -11,7 +11,7 @@ expect: image i of `names` (0-based) gets image id = camera id = rig id = frame 
 Conventions (the pitfalls of importing hloc-style features):
 - keypoints: hloc puts the centre of the top-left pixel at (0, 0), COLMAP its corner: +0.5 px on import.
 - descriptors: COLMAP stores SIFT descriptors as uint8; float descriptors are L2-normalised (SIFT and
-  RootSIFT both are, in vop.pose) and mapped as COLMAP maps its own, min(255, round(512 * x))
+  RootSIFT both are, in vop.local_features) and mapped as COLMAP maps its own, min(255, round(512 * x))
   (FeatureDescriptorsToUnsignedByte). `pycolmap.FeatureDescriptors.from_float` is not that conversion: it
   reinterprets the float32 bytes. Descriptors are only needed for COLMAP's own matchers; mapping and
   triangulation need keypoints and matches only.
@@ -102,7 +102,7 @@ def to_colmap_descriptors(descriptors: np.ndarray) -> np.ndarray:
     """(N,128) descriptors as COLMAP's uint8: float ones L2-normalised, then min(255, round(512 x))."""
     desc = np.asarray(descriptors)
     if desc.ndim != 2 or desc.shape[1] != 128:
-        raise ValueError(f"descriptors must be (N,128) (vop.pose.read_local_features' layout), got {desc.shape}")
+        raise ValueError(f"descriptors must be (N,128) (vop.local_features.read_local_features' layout), got {desc.shape}")
     if desc.dtype == np.uint8:
         return np.ascontiguousarray(desc)
     desc = desc.astype(np.float32)

@@ -1,7 +1,7 @@
 """Incremental SfM from a method's pairs (pycolmap), and how well it went.
 
 A retrieval method is proved by what its pairs let SfM build: the local features are matched over the
-pairs (vop.pose.match_descriptors), written to a COLMAP database (vop.colmap_database), verified by COLMAP's
+pairs (vop.matching.match_descriptors), written to a COLMAP database (vop.colmap_database), verified by COLMAP's
 two-view geometry RANSAC, and mapped by `pycolmap.incremental_mapping`. The models are written like COLMAP's
 mapper, in numbered sub-folders (binary), except that they are numbered by size: `models/0` is the largest.
 
@@ -31,7 +31,7 @@ import pycolmap
 
 from vop.colmap_database import Pair, quiet_colmap, require_pycolmap4, verification_options, verify, write_database
 from vop.io import GroundTruth, list_h5_names, replace_dir
-from vop.pose import read_local_features
+from vop.local_features import read_local_features
 from vop.triangulation import match_pairs
 
 logger = logging.getLogger(__name__)

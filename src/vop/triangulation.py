@@ -1,19 +1,19 @@
 """Ground-truth tracks for a posed model without 3D points: match SIFT, triangulate with the poses held fixed.
 
 A model with calibrated poses but no 3D points (mary_rose, any "your own data" scene) has no co-visibility
-overlap; `colmap.pose_overlap` only approximates it. This recovers the 3D points the way COLMAP's
-`point_triangulator` does: features matched over pose-neighbour pairs (vop.pose.match_descriptors), the
+overlap; `vop.geometry.pose_overlap` only approximates it. This recovers the 3D points the way COLMAP's
+`point_triangulator` does: features matched over pose-neighbour pairs (vop.matching.match_descriptors), the
 matches verified, a database written (vop.colmap_database), and `pycolmap.triangulate_points` run on a
 Reconstruction holding the known cameras and poses: it triangulates, completes and merges tracks and
 bundle-adjusts the points only (poses and intrinsics constant). The per-image sets of 3D point ids are what
-`colmap.covisibility_overlap` needs.
+`vop.geometry.covisibility_overlap` needs.
 
 Verification: "poses" (default, as hloc's triangulation) keeps the matches within `max_error_px` of the
 epipolar geometry of the known relative pose (Sampson distance); "ransac" runs COLMAP's two-view geometry
 estimation instead (vop.colmap_database.verify), for poses too coarse for an epipolar test.
 
 Failure is an exception, never a silent empty result: `TriangulationError` when fewer than `min_points`
-points are triangulated; catch it to fall back to `colmap.pose_overlap`.
+points are triangulated; catch it to fall back to `vop.geometry.pose_overlap`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from vop.colmap_database import (
     verify,
     write_database,
 )
-from vop.datasets import colmap
+from vop.geometry import covisibility_overlap, pose_overlap, sampson_error_px
 from vop.io import GroundTruth
-from vop.pose import match_descriptors, read_local_features, sampson_error_px
+from vop.local_features import read_local_features
+from vop.matching import match_descriptors
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ class TriangulationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def overlap(self) -> np.ndarray:
-        """Co-visibility overlap (N,N) of the triangulated tracks (colmap.covisibility_overlap)."""
-        return colmap.covisibility_overlap(self.point_ids)
+        """Co-visibility overlap (N,N) of the triangulated tracks (vop.geometry.covisibility_overlap)."""
+        return covisibility_overlap(self.point_ids)
 
     def summary(self) -> dict:
         return {"images": len(self.names), "images_with_points": int(sum(len(p) > 0 for p in self.point_ids)),
@@ -83,7 +84,7 @@ class TriangulationResult:
 
 def pose_neighbour_pairs(gt: GroundTruth, num_neighbours: int = 20, min_score: float = 0.0) -> list[Pair]:
     """Pairs to match: all pairs when N <= num_neighbours + 1, else each image with its `num_neighbours`
-    best by `colmap.pose_overlap` (above `min_score`), as unordered pairs (i < j) in index order.
+    best by `vop.geometry.pose_overlap` (above `min_score`), as unordered pairs (i < j) in index order.
 
     pose_overlap costs N^2 grid projections (a second for a few hundred images, minutes for ~10k).
     """
@@ -92,7 +93,7 @@ def pose_neighbour_pairs(gt: GroundTruth, num_neighbours: int = 20, min_score: f
         raise ValueError(f"num_neighbours must be >= 1, got {num_neighbours}")
     if n <= num_neighbours + 1:
         return [(gt.names[i], gt.names[j]) for i in range(n) for j in range(i + 1, n)]
-    score = colmap.pose_overlap(gt.K, gt.T_w2cam, gt.image_size).astype(np.float64)
+    score = pose_overlap(gt.K, gt.T_w2cam, gt.image_size).astype(np.float64)
     np.fill_diagonal(score, -np.inf)
     best = np.argsort(-score, axis=1, kind="stable")[:, :num_neighbours]
     chosen = set()
@@ -109,7 +110,7 @@ def pose_neighbour_pairs(gt: GroundTruth, num_neighbours: int = 20, min_score: f
 
 def match_pairs(features: Mapping[str, Mapping[str, np.ndarray]], pairs: Sequence[Pair],
                 ratio: float = 0.8) -> dict[Pair, np.ndarray]:
-    """Mutual-NN + ratio matches (M,2) of every pair (vop.pose.match_descriptors), the first of a pair
+    """Mutual-NN + ratio matches (M,2) of every pair (vop.matching.match_descriptors), the first of a pair
     given in both orders kept."""
     out: dict[Pair, np.ndarray] = {}
     for a, b in pairs:
@@ -272,5 +273,5 @@ def triangulate(gt: GroundTruth, local_features_h5: str | Path, pairs: Sequence[
             f"{model_dir}: only {result.num_points} points triangulated (< min_points={min_points}) from "
             f"{pairs_matched} matched and {pairs_verified} verified pairs of {len(pairs)}; the features may be "
             "too few, the pairs may not overlap, or the poses disagree with the matches (try "
-            "verification='ransac' or a larger max_error_px); fall back to colmap.pose_overlap")
+            "verification='ransac' or a larger max_error_px); fall back to vop.geometry.pose_overlap")
     return result
