@@ -102,7 +102,7 @@ def to_colmap_descriptors(descriptors: np.ndarray) -> np.ndarray:
     """(N,128) descriptors as COLMAP's uint8: float ones L2-normalised, then min(255, round(512 x))."""
     desc = np.asarray(descriptors)
     if desc.ndim != 2 or desc.shape[1] != 128:
-        raise ValueError(f"descriptors must be (N,128) (vop.local_features.read_local_features' layout), got {desc.shape}")
+        raise ValueError(f"descriptors must be (N,128) (read_local_features' layout), got {desc.shape}")
     if desc.dtype == np.uint8:
         return np.ascontiguousarray(desc)
     desc = desc.astype(np.float32)
