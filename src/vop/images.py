@@ -459,6 +459,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def image_sizes(image_dir: str | Path, names: list[str]) -> np.ndarray:
+    """(N,2) int64 [w,h] of the named images (paths relative to `image_dir`), from their headers."""
+    return np.array([image_size(Path(image_dir) / n) for n in names], np.int64).reshape(len(names), 2)
+
+
 # --- names ----------------------------------------------------------------------------------------
 
 def _name_problem(name: str) -> str | None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vop.datasets import ArchivePart, SceneReader, no_poses
-from vop.datasets.folder import image_sizes, list_images
+from vop.datasets.folder import list_images
+from vop.images import image_sizes
 
 DEFAULT_URL = "http://www.ok.sc.e.titech.ac.jp/INLOC/materials/"
 CUTOUTS_DIR, QUERY_DIR = "database/cutouts", "query/iphone7"

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from vop.datasets import ArchivePart, NoDepthError, SceneReader
-from vop.datasets.folder import image_sizes
+from vop.images import image_sizes
 from vop.io import GroundTruth
 
 DEFAULT_URL = "https://cvg-data.inf.ethz.ch/megadepth/"
