@@ -163,10 +163,17 @@ def _open_scene(args):
 def _ground_truth(p):
     _scene_flags(p)
     p.add_argument("--out", type=Path, required=True, help="gt.h5 to write")
+    p.add_argument("--local-features", type=Path,
+                   help="the scene's local_features.h5: posed images without 3D points triangulate their tracks")
+    p.add_argument("--threads", type=int, default=-1, help="triangulation threads (default: all cores)")
+    add_conf_flags(p, confs.TriangulationConf)
 
     def run(args):
-        gt = _open_scene(args).write_ground_truth(args.out)
-        print(f"{args.out}: {len(gt.names)} images, overlap {'yes' if gt.overlap is not None else 'no'}")
+        from vop.ground_truth import write_scene_ground_truth
+
+        gt = write_scene_ground_truth(_open_scene(args), args.out, args.local_features,
+                                      conf_from_args(confs.TriangulationConf, args), num_threads=args.threads)
+        print(f"{args.out}: {len(gt.names)} images, overlap: {gt.overlap_source or 'none'}")
     return run
 
 
@@ -194,12 +201,15 @@ def _labels(p):
     _scene_flags(p)
     p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
     p.add_argument("--out", type=Path, required=True, help="labels.h5 to write")
+    p.add_argument("--from", dest="labels_from", choices=["auto", "depth", "tracks"], default="auto",
+                   help="depth maps, or the tracks of 3D points in gt.h5 (auto: depth where the source has it)")
     add_conf_flags(p, confs.LabelsConf)
 
     def run(args):
         from vop.labels import scene_labels
 
-        scene_labels(_open_scene(args), args.gt, args.out, conf_from_args(confs.LabelsConf, args))
+        scene_labels(_open_scene(args), args.gt, args.out, conf_from_args(confs.LabelsConf, args),
+                     source=args.labels_from)
     return run
 
 
@@ -354,7 +364,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "extract": (_extract, "unpack an archive safely (members escaping the target are refused)"),
     "ground-truth": (_ground_truth, "gt.h5 of a scene: intrinsics, poses, image sizes, overlap"),
     "features": (_features, "backbone CLS and patch tokens of every image"),
-    "labels": (_labels, "ground-truth patch correspondences of sampled pairs, from depth"),
+    "labels": (_labels, "ground-truth patch correspondences of sampled pairs, from depth or tracks"),
     "train": (_train, "train the VOP patch head on labelled scenes"),
     "embeddings": (_embeddings, "apply an encoder (identity or VOP) to a features file"),
     "retrieve": (_retrieve, "rank the database images of every query with one method"),

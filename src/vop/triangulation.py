@@ -39,7 +39,7 @@ from vop.colmap_database import (
     write_database,
 )
 from vop.geometry import covisibility_overlap, pose_overlap, sampson_error_px
-from vop.io import GroundTruth
+from vop.io import GroundTruth, Tracks
 from vop.local_features import read_local_features
 from vop.matching import match_descriptors
 
@@ -54,10 +54,10 @@ class TriangulationError(RuntimeError):
 
 @dataclass
 class TriangulationResult:
-    """Per image (in gt.names order) the sorted ids of the 3D points it observes, and summary figures."""
+    """Per image (in gt.names order) the observations of the triangulated points, and summary figures."""
 
     names: list[str]
-    point_ids: list[np.ndarray]
+    tracks: Tracks
     num_points: int
     mean_track_length: float
     mean_reprojection_error: float
@@ -66,6 +66,11 @@ class TriangulationResult:
     seconds: float
     model_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def point_ids(self) -> list[np.ndarray]:
+        """Per image the sorted ids of the 3D points it observes."""
+        return self.tracks.point_sets()
 
     def overlap(self) -> np.ndarray:
         """Co-visibility overlap (N,N) of the triangulated tracks (vop.geometry.covisibility_overlap)."""
@@ -168,13 +173,14 @@ def posed_reconstruction(gt: GroundTruth, keypoints: Mapping[str, np.ndarray] | 
     return rec
 
 
-def point_ids_per_image(rec: pycolmap.Reconstruction, num_images: int) -> list[np.ndarray]:
-    """Sorted ids of the 3D points each image i (image id i + 1) observes."""
-    sets: list[list[int]] = [[] for _ in range(num_images)]
-    for point_id, point in rec.points3D.items():
-        for element in point.track.elements:
-            sets[element.image_id - 1].append(point_id)
-    return [np.unique(np.asarray(s, np.int64)) for s in sets]
+def tracks_per_image(rec: pycolmap.Reconstruction, num_images: int) -> Tracks:
+    """The observations of 3D points in each image i (image id i + 1): COLMAP pixels and point ids."""
+    tracks = Tracks([np.zeros((0, 2), np.float32)] * num_images, [np.zeros(0, np.int64)] * num_images)
+    for image_id, image in rec.images.items():
+        seen = [p for p in image.points2D if p.has_point3D()]
+        tracks.xy[image_id - 1] = np.array([p.xy for p in seen], np.float32).reshape(-1, 2)
+        tracks.point_ids[image_id - 1] = np.array([p.point3D_id for p in seen], np.int64)
+    return tracks
 
 
 def _check_image_sizes(features, gt: GroundTruth, features_path: Path) -> None:
@@ -203,13 +209,13 @@ def triangulation_options(min_angle_deg: float = 1.5, max_reproj_error_px: float
 
 def triangulate(gt: GroundTruth, local_features_h5: str | Path, pairs: Sequence[Pair], work_dir: str | Path,
                 verification: str = "poses", ratio: float = 0.8, max_error_px: float = 4.0,
-                min_points: int = 100, image_dir: str | Path | None = None,
+                min_angle_deg: float = 1.5, min_points: int = 100, image_dir: str | Path | None = None,
                 options: pycolmap.IncrementalPipelineOptions | None = None, num_threads: int = -1,
                 verbose: bool = False) -> TriangulationResult:
     """3D points of a posed scene from SIFT matched over `pairs`, the poses and intrinsics held fixed.
 
     Writes `work_dir/database.db` and the triangulated model `work_dir/model` (COLMAP binary).
-    Returns per image (gt.names order) the 3D point ids it observes. Raises TriangulationError when
+    Returns per image (gt.names order) the observations of 3D points (xy and point ids). Raises TriangulationError when
     fewer than `min_points` points come out (too few or wrong matches, or poses that disagree with them).
     image_dir (optional) is only used to colour the points; without it `options.extract_colors` is turned off.
     """
@@ -251,7 +257,7 @@ def triangulate(gt: GroundTruth, local_features_h5: str | Path, pairs: Sequence[
     t = time.perf_counter()
     model_dir = work_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    options = options or triangulation_options(max_reproj_error_px=max_error_px, num_threads=num_threads)
+    options = options or triangulation_options(min_angle_deg, max_error_px, num_threads)
     if image_dir is None:
         options.extract_colors = False  # else COLMAP warns once per image it cannot read
     with quiet_colmap(verbose):
@@ -259,9 +265,8 @@ def triangulate(gt: GroundTruth, local_features_h5: str | Path, pairs: Sequence[
                                           model_dir, clear_points=True, options=options, refine_intrinsics=False)
     timings["triangulate_s"] = time.perf_counter() - t
 
-    point_ids = point_ids_per_image(rec, len(gt.names))
     result = TriangulationResult(
-        list(gt.names), point_ids, rec.num_points3D(),
+        list(gt.names), tracks_per_image(rec, len(gt.names)), rec.num_points3D(),
         float(rec.compute_mean_track_length()) if rec.num_points3D() else 0.0,
         float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else float("nan"),
         pairs_matched, pairs_verified, time.perf_counter() - start, model_dir, timings)

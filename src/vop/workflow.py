@@ -47,7 +47,6 @@ def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> 
         for ds in conf.train.datasets if conf.train else ():
             if ds not in datasets:
                 raise ConfigError(f"{where}.train.datasets names {ds!r}, which is not under `datasets:`")
-            if not datasets[ds].has_depth:
-                with_depth = sorted({d.conf.source for d in datasets.values() if d.has_depth})
-                raise ConfigError(f"{where}.train.datasets: {ds!r} has no depth maps to train from "
-                                  f"(sources with depth here: {', '.join(with_depth) or 'none'})")
+            if not (datasets[ds].has_depth or datasets[ds].has_poses):
+                raise ConfigError(f"{where}.train.datasets: {ds!r} has neither depth maps nor posed images (whose "
+                                  "3D points' tracks give the labels) to train from; train on a posed dataset")

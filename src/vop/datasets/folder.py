@@ -53,9 +53,13 @@ class FolderScene(SceneReader):
     def input_files(self) -> list[Path]:
         return [self.image_dir]
 
-    def ground_truth(self):
+    def image_names(self) -> list[str]:
         names = list_images(self.image_dir)
         if not names:
             raise FileNotFoundError(f"{self.image_dir}: no images ({', '.join(IMAGE_SUFFIXES)}); "
                                     "check the dataset's `root` and `images` in the config")
+        return names
+
+    def ground_truth(self):
+        names = self.checked_image_names()
         return no_poses(names, image_sizes(self.image_dir, names))

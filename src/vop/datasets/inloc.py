@@ -49,7 +49,7 @@ class InLocScene(SceneReader):
     def image_dir(self) -> Path:
         return self.root
 
-    def ground_truth(self):
+    def image_names(self) -> list[str]:
         cutouts = self.root / CUTOUTS_DIR
         if self.scene != "all":
             cutouts = cutouts / self.scene
@@ -63,5 +63,8 @@ class InLocScene(SceneReader):
         queries = [f"{QUERY_DIR}/{n}" for n in list_images(self.root / QUERY_DIR)]
         if not database or not queries:
             raise FileNotFoundError(f"{cutouts if not database else self.root / QUERY_DIR}: no images{hint}")
-        names = sorted(database + queries)
+        return sorted(database + queries)
+
+    def ground_truth(self):
+        names = self.checked_image_names()
         return no_poses(names, image_sizes(self.root, names))
