@@ -201,15 +201,12 @@ def _labels(p):
     _scene_flags(p)
     p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
     p.add_argument("--out", type=Path, required=True, help="labels.h5 to write")
-    p.add_argument("--from", dest="labels_from", choices=["auto", "depth", "tracks"], default="auto",
-                   help="depth maps, or the tracks of 3D points in gt.h5 (auto: depth where the source has it)")
     add_conf_flags(p, confs.LabelsConf)
 
     def run(args):
         from vop.labels import scene_labels
 
-        scene_labels(_open_scene(args), args.gt, args.out, conf_from_args(confs.LabelsConf, args),
-                     source=args.labels_from)
+        scene_labels(_open_scene(args), args.gt, args.out, conf_from_args(confs.LabelsConf, args))
     return run
 
 

@@ -149,8 +149,10 @@ class BackboneConf(Conf):
 
 @dataclass(frozen=True, kw_only=True)
 class LabelsConf(Conf):
-    """`labels`: ground-truth patch correspondences of sampled pairs, from depth (vop.labels)."""
+    """`labels`: ground-truth patch correspondences of sampled pairs, from depth or from the tracks of 3D
+    points (vop.labels); `geometry` auto: depth where the dataset has it, else tracks."""
 
+    geometry: Literal["auto", "depth", "tracks"] = "auto"
     pairs_per_bin: int = 40
     num_negative: int = 40
     stride: int = 2

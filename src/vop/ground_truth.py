@@ -46,9 +46,11 @@ def check_scene(reader: SceneReader, gt: GroundTruth) -> None:
 
 
 def tracks_ground_truth(gt: GroundTruth, local_features: str | Path, conf: TriangulationConf = TriangulationConf(),
-                        work_dir: str | Path | None = None, num_threads: int = -1) -> GroundTruth:
+                        image_dir: str | Path | None = None, work_dir: str | Path | None = None,
+                        num_threads: int = -1) -> GroundTruth:
     """`gt` (posed, no overlap) with tracks triangulated from `local_features` and their overlap; the pose-only
-    overlap where triangulation fails. `work_dir` keeps COLMAP's database and model (default: a temp folder)."""
+    overlap where triangulation fails. `image_dir` colours the points; `work_dir` keeps COLMAP's database and
+    model (default: a temporary folder)."""
     from vop.triangulation import TriangulationError, pose_neighbour_pairs, triangulate
 
     pairs = pose_neighbour_pairs(gt, conf.neighbours)
@@ -57,7 +59,7 @@ def tracks_ground_truth(gt: GroundTruth, local_features: str | Path, conf: Trian
         try:
             result = triangulate(gt, local_features, pairs, Path(work_dir or tmp), verification=conf.verification,
                                  ratio=conf.ratio, max_error_px=conf.max_error_px, min_angle_deg=conf.min_angle_deg,
-                                 min_points=conf.min_points, num_threads=num_threads)
+                                 min_points=conf.min_points, image_dir=image_dir, num_threads=num_threads)
         except TriangulationError as err:
             logger.warning("%s; the overlap falls back to the estimate from the camera poses alone "
                            "(vop.geometry.pose_overlap: no occlusion, no relief)", err)
@@ -83,7 +85,7 @@ def scene_ground_truth(reader: SceneReader, local_features: str | Path | None = 
             raise ValueError(f"{reader.scene_dir}: posed images without 3D points; their ground truth triangulates "
                              "the scene's local features: extract them first (vop local-features) and pass "
                              "--local-features")
-        gt = tracks_ground_truth(gt, local_features, conf, num_threads=num_threads)
+        gt = tracks_ground_truth(gt, local_features, conf, reader.image_dir, num_threads=num_threads)
     return gt
 
 

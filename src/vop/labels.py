@@ -18,7 +18,8 @@ Depth maps come from the scene's reader (`vop.datasets.open_scene`): any source 
 synthetic, MegaDepth) trains the same way. A posed source without depth trains from tracks instead: the
 observations of 3D points stored in gt.h5, shipped with the model or triangulated (vop.ground_truth). Patch
 a of A and patch b of B then count the 3D points that A observes in a and B in b, and the same mutual-best
-rule makes the positives one to one, as with depth (`track_correspondences`).
+rule makes the positives one to one, as with depth (`track_correspondences`; each point is spread over the
+patches around it, bilinearly, since a patch holds a few points where it holds hundreds of pixels).
 
 Cache layout (root datasets): `names` (N,) str, `pairs` (M,2) int32 indices into names with i < j,
 `bins` (M,) int8 (-1: non-overlapping), `overlap` (M,) float32, `offsets` (M+1,) int64 and `positives`
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import scipy.sparse
 
 from vop.conf import LabelsConf
 from vop.datasets import SceneReader
@@ -103,23 +105,43 @@ def patch_correspondences(depth_a: np.ndarray, K_a: np.ndarray, T_w2cam_a: np.nd
     return np.bincount(patch_a * n + patch_b, minlength=n * n).reshape(n, n)
 
 
+def _patch_weights(xy: np.ndarray, width: float, height: float, grid: int) -> scipy.sparse.csr_matrix:
+    """(M, grid^2) bilinear weights of points over the patch centres around them (rows sum to 1)."""
+    u = xy[:, 0] * (grid / width) - 0.5  # in patch units, 0 at the centre of column 0
+    v = xy[:, 1] * (grid / height) - 0.5
+    c0, r0 = np.floor(u), np.floor(v)
+    fu, fv = u - c0, v - r0
+    rows, cols, vals = [], [], []
+    for dr, wr in ((0, 1 - fv), (1, fv)):
+        for dc, wc in ((0, 1 - fu), (1, fu)):
+            r = np.clip(r0 + dr, 0, grid - 1).astype(np.int64)
+            c = np.clip(c0 + dc, 0, grid - 1).astype(np.int64)
+            rows.append(np.arange(len(xy)))
+            cols.append(r * grid + c)
+            vals.append(wr * wc)
+    return scipy.sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                   shape=(len(xy), grid * grid))
+
+
 def track_correspondences(xy_a: np.ndarray, ids_a: np.ndarray, size_a, xy_b: np.ndarray, ids_b: np.ndarray,
                           size_b, grid: int = GRID) -> np.ndarray:
-    """Counts (grid^2, grid^2) int64: [patch of A, patch of B] -> 3D points A observes there and B there.
+    """Weights (grid^2, grid^2) float64: [patch of A, patch of B] -> the 3D points both images observe, there.
 
     xy (M,2) are the images' observations of 3D points in COLMAP pixels (continuous, the corner of the
-    top-left pixel at (0, 0)), ids (M,) their point ids, size [w, h]. A point observed twice in one image
-    counts at its first observation. The tracks' counterpart of `patch_correspondences`.
+    top-left pixel at (0, 0)), ids (M,) their point ids, size [w, h]; a point observed twice in one image
+    counts at its first observation. Each shared point is spread over the four patches around it in each
+    image by bilinear weights over the patch centres: a few points per patch cannot tell which of two
+    neighbouring patches holds more of the shared surface, their positions can. The tracks' counterpart of
+    `patch_correspondences` (whose dense pixels need no such care).
     """
     ids_a, ids_b = np.asarray(ids_a, np.int64).ravel(), np.asarray(ids_b, np.int64).ravel()
-    _, in_a, in_b = np.intersect1d(ids_a, ids_b, assume_unique=False, return_indices=True)
+    _, in_a, in_b = np.intersect1d(ids_a, ids_b, return_indices=True)
     xy_a = np.asarray(xy_a, np.float64).reshape(-1, 2)[in_a]
     xy_b = np.asarray(xy_b, np.float64).reshape(-1, 2)[in_b]
-    (w_a, h_a), (w_b, h_b) = (np.asarray(size_a).ravel()[:2]), (np.asarray(size_b).ravel()[:2])
-    patch_a = pixel_patches(xy_a[:, 0], xy_a[:, 1], w_a, h_a, grid)
-    patch_b = pixel_patches(xy_b[:, 0], xy_b[:, 1], w_b, h_b, grid)
-    n = grid * grid
-    return np.bincount(patch_a * n + patch_b, minlength=n * n).reshape(n, n)
+    (w_a, h_a), (w_b, h_b) = np.asarray(size_a, np.float64).ravel()[:2], np.asarray(size_b, np.float64).ravel()[:2]
+    weights_a = _patch_weights(xy_a, w_a, h_a, grid)
+    weights_b = _patch_weights(xy_b, w_b, h_b, grid)
+    return (weights_a.T @ weights_b).toarray()
 
 
 def mutual_positives(counts: np.ndarray) -> np.ndarray:
@@ -173,23 +195,17 @@ def sample_pairs(overlap: np.ndarray, bins, pairs_per_bin: int, num_negative: in
 # One scene
 
 
-LABEL_SOURCES = ("auto", "depth", "tracks")
-
-
 def scene_labels(scene: SceneReader, gt_h5: str | Path, out_h5: str | Path, conf: LabelsConf = LabelsConf(),
-                 bins=DEFAULT_BINS, grid: int = GRID, cache_size: int = 8, source: str = "auto") -> dict:
+                 bins=DEFAULT_BINS, grid: int = GRID, cache_size: int = 8) -> dict:
     """Sample pairs of one scene, compute their positive patch pairs and write the cache `out_h5`.
 
-    `scene` is the scene's reader (`vop.datasets.open_scene`). `source` "depth" reads its depth maps, lazily,
-    in a small LRU cache (`cache_size` maps: full-resolution ETH3D depth is ~100 MB per image); "tracks"
-    uses the observations of 3D points in gt.h5; "auto" takes depth where the reader has it, else tracks.
-    Returns what `read_labels` would return.
+    `scene` is the scene's reader (`vop.datasets.open_scene`). `conf.geometry` "depth" reads its depth maps,
+    lazily, in a small LRU cache (`cache_size` maps: full-resolution ETH3D depth is ~100 MB per image);
+    "tracks" uses the observations of 3D points in gt.h5; "auto" takes depth where the reader has it, else
+    tracks. Returns what `read_labels` would return.
     """
     gt_h5 = Path(gt_h5)
-    if source not in LABEL_SOURCES:
-        raise ValueError(f"unknown labels source {source!r}; expected one of {LABEL_SOURCES}")
-    if source == "auto":
-        source = "depth" if scene.has_depth else "tracks"
+    source = conf.geometry if conf.geometry != "auto" else ("depth" if scene.has_depth else "tracks")
     pairs_per_bin, num_negative, seed, stride, depth_tol = (conf.pairs_per_bin, conf.num_negative, conf.seed,
                                                             conf.stride, conf.depth_tol)
     start = time.perf_counter()
