@@ -354,6 +354,26 @@ def _check(p):
     return run
 
 
+def _readme_tables(p):
+    p.add_argument("markdown", type=Path, nargs="?", default=Path("README.md"),
+                   help="a markdown file with marked tables (default: README.md)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--update", action="store_true", help="write the regenerated tables into the file")
+    what.add_argument("--check", action="store_true", help="fail when the file's tables differ from their auc.csv")
+
+    def run(args):
+        from vop.readme import render, update_tables
+
+        if args.check or args.update:
+            same, _ = update_tables(args.markdown, write=args.update)
+            print(f"{args.markdown}: tables {'up to date' if same else 'updated' if args.update else 'differ'}")
+            return 0 if same or args.update else 1
+        _, tables = render(args.markdown.read_text(encoding="utf-8"), args.markdown.parent, str(args.markdown))
+        for source, table in tables:
+            print(f"{source}:\n{table}")
+    return run
+
+
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "generate": (_generate, "render a synthetic scene (ETH3D layout) offline"),
     "download": (_download, "download a dataset archive (resumable, verified)"),
@@ -370,6 +390,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
     "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),
     "check": (_check, "recompute every vop retrieval the straightforward way and compare"),
+    "readme-tables": (_readme_tables, "print (or write) a markdown file's result tables from their auc.csv"),
 }
 
 
