@@ -198,6 +198,26 @@ def test_colmap_scene_text_and_binary(synthetic_root, tmp_path, fmt):
         scene.ground_truth()
 
 
+def test_colmap_select_keeps_part_of_a_capture(synthetic_root, tmp_path):
+    room = open_scene("eth3d", synthetic_root, "room")
+    shutil.copytree(room.model_dir, tmp_path / "sparse")
+    shutil.copytree(room.image_dir, tmp_path / "images")
+    full = open_scene("colmap", tmp_path).ground_truth()
+    part = open_scene("colmap", tmp_path, None, select=["*_000[0-2].JPG", "*/IMG_0005.JPG"])
+    names = [n for n in full.names if n[-5] in "0125"]
+    assert part.image_names() == names and len(names) == 4
+    gt = part.ground_truth()
+    keep = [full.index()[n] for n in names]
+    assert gt.names == names
+    np.testing.assert_array_equal(gt.overlap, full.overlap[np.ix_(keep, keep)])
+    np.testing.assert_array_equal(gt.T_w2cam, full.T_w2cam[keep])
+    assert all(np.array_equal(gt.tracks.point_ids[k], full.tracks.point_ids[i]) for k, i in enumerate(keep))
+    (tmp_path / "images" / full.names[3]).unlink()  # not selected: not needed
+    part.ground_truth()
+    with pytest.raises(ValueError, match=r"`select` \['\*.png'\] matches none of its 6 images"):
+        open_scene("colmap", tmp_path, None, select=["*.png"]).image_names()
+
+
 def test_colmap_scene_without_points_falls_back_to_the_pose_overlap(synthetic_root, tmp_path, caplog):
     room = open_scene("eth3d", synthetic_root, "room")
     model = room.read_model()

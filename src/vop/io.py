@@ -122,6 +122,15 @@ class GroundTruth:
         """T_{i->j}: maps points in camera i to camera j."""
         return self.T_w2cam[j] @ np.linalg.inv(self.T_w2cam[i])
 
+    def subset(self, indices) -> GroundTruth:
+        """The ground truth of some of the images (co-visibility of a pair does not depend on the others)."""
+        k = np.asarray(indices, np.int64)
+        tracks = None if self.tracks is None else Tracks([self.tracks.xy[i] for i in k],
+                                                         [self.tracks.point_ids[i] for i in k])
+        return GroundTruth([self.names[i] for i in k], self.K[k], self.T_w2cam[k], self.image_size[k],
+                           None if self.overlap is None else self.overlap[np.ix_(k, k)], tracks, self.overlap_source,
+                           dict(self.overlap_info))
+
 
 def write_gt(path: str | Path, gt: GroundTruth) -> None:
     source = gt.overlap_source or ("none" if gt.overlap is None else "points3D")

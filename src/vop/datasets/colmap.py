@@ -8,6 +8,7 @@ images sorted by name), and building a model from arrays (the synthetic generato
 
 from __future__ import annotations
 
+import fnmatch
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,13 +192,15 @@ class ColmapOptions(Conf):
 
     images: str = "images"
     model: str = "sparse"
+    select: tuple[str, ...] | None = None  # globs over image names: only the images matching one (a split)
 
 
 class ColmapScene(SceneReader):
     """Your own data: a COLMAP model (text or binary) and its image folder, in one scene folder.
 
     Without `scenes`, the dataset's root is the scene. When `model` holds no model but `model/0` does
-    (COLMAP's mapper output), that one is used. A model without 3D points `needs_tracks`: the ground-truth
+    (COLMAP's mapper output), that one is used. `select` keeps the images whose names match one of its
+    globs (a dataset of part of a capture: a split). A model without 3D points `needs_tracks`: the ground-truth
     stage triangulates its SIFT matches with the poses held fixed (vop.ground_truth). Image names are as in
     the model, relative to the image folder.
     """
@@ -225,7 +228,14 @@ class ColmapScene(SceneReader):
 
     def image_names(self) -> list[str]:
         self.input_files()
-        return model_image_names(self.model_dir)
+        names = model_image_names(self.model_dir)
+        if self.options.select is None:
+            return names
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, glob) for glob in self.options.select)]
+        if not chosen:
+            raise ValueError(f"{self.model_dir}: `select` {list(self.options.select)} matches none of its "
+                             f"{len(names)} images (e.g. {names[:2]}); fix the globs")
+        return chosen
 
     def needs_tracks(self) -> bool:
         return not has_points3D(self.model_dir)
@@ -236,4 +246,5 @@ class ColmapScene(SceneReader):
         if missing:
             raise FileNotFoundError(f"{self.image_dir / missing[0]}: image of {self.model_dir} not found "
                                     f"({len(missing)} missing in all); check the dataset's `images` key")
-        return ground_truth_from_model(read_model(self.model_dir), self.model_dir)
+        gt = ground_truth_from_model(read_model(self.model_dir), self.model_dir)
+        return gt if len(names) == len(gt.names) else gt.subset([gt.index()[n] for n in names])
