@@ -24,7 +24,7 @@ from vop.datasets import (
 )
 from vop.geometry import pose_overlap
 from vop.images import image_size
-from vop.io import read_gt
+from vop.io import read_gt, read_pairs, write_pairs
 from vop.local_features import extract_local_features
 
 
@@ -293,6 +293,22 @@ def test_folder_of_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty: no images"):
         open_scene("folder", tmp_path, "empty").ground_truth()
+
+
+def test_folder_names_are_checked_where_they_enter(tmp_path):
+    odd = ["a,b.jpg", "it's.jpg", "日本/東京.jpg", "x/#2.jpg", "NA.jpg", 'say"x".png']
+    for name in odd:
+        write_image(tmp_path / "ok" / name, 8, 6)
+    scene = open_scene("folder", tmp_path / "ok")
+    names = scene.checked_image_names()
+    assert sorted(names) == sorted(odd)
+    write_pairs(tmp_path / "pairs.txt", [(a, b) for a in names for b in names if a != b])
+    assert read_pairs(tmp_path / "pairs.txt") == [(a, b) for a in names for b in names if a != b]
+    write_image(tmp_path / "ok" / "trip" / "IMG 9673 é.JPG", 8, 6)
+    for call in (scene.checked_image_names, scene.ground_truth):
+        with pytest.raises(ValueError, match=r"ok: image name 'trip/IMG 9673 é.JPG' contains whitespace \(SPACE, "
+                                             r"' ', at position 8\).*rename the image"):
+            call()
 
 
 def test_image_size_from_headers_matches_decoding(tmp_path):

@@ -37,6 +37,8 @@ def config(root: Path, nopoints: Path) -> dict:
             "own": {"source": "colmap", "root": str(root), "scenes": ["a", "b"], "backbone": "dense_sift",
                     "methods": ["cls", "oracle", "random"]},
             "nopoints": {"source": "colmap", "root": str(nopoints), "backbone": "dense_sift", "methods": ["cls"]},
+            "photos": {"source": "folder", "root": str(root / "b" / "images"), "backbone": "dense_sift",
+                       "methods": ["cls"]},  # scene b's images alone
         },
         "backbones": {"dense_sift": {"batch_size": 4}},
         "encoders": {"identity": {"type": "identity"}},
@@ -104,13 +106,15 @@ def test_truncated_jpeg_fails_the_run_naming_the_file(own_run, tmp_path):
     data = image.read_bytes()
     image.write_bytes(data[: int(len(data) * 0.4)])
     try:
-        status, out = run(work, "--keep-going", "results/own/auc.csv")
+        status, out = run(work, "--keep-going", "results/own/auc.csv", "results/photos/auc.csv")
     finally:
         image.write_bytes(data)
     assert status != 0
-    logs = "".join(p.read_text() for p in (work / "logs/own/b").glob("*features*.log"))
     expected = f"{image}: truncated: ends before the JPEG end marker"
-    assert expected in logs, (logs[-3000:], out[-3000:])
+    for logs in ("logs/own/b", "logs/photos/photos"):  # a colmap and a folder dataset
+        text = "".join(p.read_text() for p in (work / logs).glob("*features*.log"))
+        assert expected in text, (logs, text[-3000:], out[-3000:])
+    assert not (work / "results/photos/auc.csv").exists()
     assert "Premature end of JPEG file" not in out  # nothing unnamed on the terminal
 
 
