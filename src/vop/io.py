@@ -222,6 +222,11 @@ _PLAIN_NAME = re.compile(r"[!-~]+")  # printable ASCII without space: the common
 def _name_problem(name: str) -> str | None:
     if _PLAIN_NAME.fullmatch(name) and name[0] != "#":
         return None
+    return _character_problem(name)
+
+
+def _character_problem(name: str) -> str | None:
+    """What makes `name` unfit for a pairs file, character by character (None: nothing)."""
     if not name:
         return "is empty"
     if name.startswith("#"):
