@@ -223,7 +223,7 @@ class Dataset:
     def __init__(self, name: str, entry: Mapping[str, Any]):
         self.name = name
         self.where = f"datasets.{name}"
-        self._image_needs: dict[str, Needs] = {}
+        self._cache: dict[tuple[str, str], Needs] = {}  # the workflow asks per job: once per scene
         self.reader = reader_class(entry["source"])
         common = fields_of(DatasetConf)
         self.conf = DatasetConf.from_dict({k: v for k, v in entry.items() if k in common}, self.where)
@@ -311,10 +311,13 @@ class Dataset:
 
     def ground_truth_needs(self, scene: str) -> Needs:
         """What the ground truth of `scene` reads (and whether it triangulates from local features)."""
-        needs = self._needs(scene, "ground_truth", lambda reader: reader.input_files())
-        if needs.files and self.open(scene).needs_tracks():
-            return Needs(needs.files, local_features=True)
-        return needs
+        key = ("ground_truth", scene)
+        if key not in self._cache:
+            needs = self._needs(scene, "ground_truth", lambda reader: reader.input_files())
+            if needs.files and self.open(scene).needs_tracks():
+                needs = Needs(needs.files, local_features=True)
+            self._cache[key] = needs
+        return self._cache[key]
 
     def depth_needs(self, scene: str) -> Needs:
         """What training labels of `scene` read besides its ground truth."""
@@ -324,10 +327,11 @@ class Dataset:
         """What the stages that read the images of `scene` need: under a configured root the image files
         themselves (so that replacing or touching one reruns exactly what reads it), else the archive parts
         or the generated scene they come with. Names are checked here, where they enter."""
-        if scene not in self._image_needs:
-            self._image_needs[scene] = self._needs(
+        key = ("images", scene)
+        if key not in self._cache:  # asked by every rule that reads images, for every job
+            self._cache[key] = self._needs(
                 scene, "ground_truth", lambda reader: [reader.image_dir / n for n in reader.checked_image_names()])
-        return self._image_needs[scene]
+        return self._cache[key]
 
     def _needs(self, scene: str, role: str, files) -> Needs:
         reader = self.open(scene)
