@@ -63,7 +63,7 @@ def test_labels_from_tracks_agree_with_labels_from_depth(room):
         overlapping += int((counts[by_tracks[:, 0], by_tracks[:, 1]] > 0).sum())
     # Measured: 1290 positives from tracks, 1727 from depth over 35 pairs; 62.5% of the tracks' positives are
     # exactly depth positives (the depth labels' mutual best of a few hundred pixels against the tracks' of
-    # a few points: neighbouring patches often share nearly as much), and 99% of them are patch pairs that
+    # a few points: neighbouring patches often share nearly as much), and 99.9% of them are patch pairs that
     # share surface by depth.
     assert num_tracks > 0.6 * num_depth
     assert shared / num_tracks > 0.55, (shared, num_tracks)

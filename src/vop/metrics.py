@@ -213,7 +213,8 @@ def log_overlap_source(gt_path: str | Path, gt: GroundTruth) -> None:
                        "triangulation failed: %s; recall@k and mAP@k measure agreement with that estimate",
                        gt_path, info.get("fallback_reason", "see the ground-truth log"))
     elif gt.overlap_source == "tracks":
-        logger.info("%s: overlap from %s tracks triangulated with the poses fixed (mean length %.2f, %.2f px)",
+        logger.info("%s: overlap from the tracks of %s points triangulated with the poses fixed (mean length %.2f, "
+                    "%.2f px)",
                     gt_path, info.get("points"), info.get("mean_track_length", float("nan")),
                     info.get("mean_reprojection_error", float("nan")))
     else:
