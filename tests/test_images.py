@@ -78,7 +78,8 @@ def test_harmless_libjpeg_warning_is_logged_with_the_path(tmp_path, jpeg_bytes, 
         image = read_image(path)
     assert image.shape == (240, 320, 3)
     assert any(str(path) in r.getMessage() and "extraneous bytes" in r.getMessage() for r in caplog.records)
-    assert "extraneous" not in capfd.readouterr().err
+    # libjpeg's own line never reaches the terminal (a log record naming the file may)
+    assert not any(line.startswith("Corrupt JPEG data") for line in capfd.readouterr().err.splitlines())
 
 
 def test_data_after_the_jpeg_end_marker_is_ignored(tmp_path, jpeg_bytes):
