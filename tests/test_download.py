@@ -287,6 +287,10 @@ def test_extract_refuses_escapes_and_links(tmp_path, bad, kind):
         dl.extract(archive, sandbox / "target")
     assert list(sandbox.iterdir()) == []  # neither the target nor a temporary folder
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "sandbox"])
+    # as the workflow extracts (one part under a prefix, into folders that do not exist yet): no empty folders
+    with pytest.raises(dl.ArchiveError, match="refusing the archive"):
+        dl.extract(archive, sandbox / "resources" / "ds", member_prefix="scene/part/")
+    assert list(sandbox.iterdir()) == []
 
 
 def test_extract_truncated_tar_leaves_nothing(tmp_path):

@@ -3,7 +3,6 @@
 import io
 import logging
 import os
-import random
 import struct
 import threading
 
@@ -12,8 +11,7 @@ import numpy as np
 import pytest
 
 from vop import images
-from vop.images import FIX, ImageError, check_image_name, image_size, read_image
-from vop.io import read_pairs, write_pairs
+from vop.images import FIX, ImageError, image_size, read_image
 
 
 def _texture(h=240, w=320, seed=0):
@@ -80,7 +78,8 @@ def test_harmless_libjpeg_warning_is_logged_with_the_path(tmp_path, jpeg_bytes, 
         image = read_image(path)
     assert image.shape == (240, 320, 3)
     assert any(str(path) in r.getMessage() and "extraneous bytes" in r.getMessage() for r in caplog.records)
-    assert "extraneous" not in capfd.readouterr().err
+    # libjpeg's own line never reaches the terminal (a log record naming the file may)
+    assert not any(line.startswith("Corrupt JPEG data") for line in capfd.readouterr().err.splitlines())
 
 
 def test_data_after_the_jpeg_end_marker_is_ignored(tmp_path, jpeg_bytes):
@@ -250,49 +249,3 @@ def test_capture_forwards_what_is_not_a_decoder_message(capfd):
         os.write(2, b"\r 50%|#####     |")
     assert b"hello from elsewhere" in window.text and b"Corrupt JPEG" in window.text
     assert capfd.readouterr().err == "hello from elsewhere\n\r 50%|#####     |"
-
-
-# --- names ---------------------------------------------------------------------------------------
-
-REFUSED = ["", " ", "a b.jpg", "a\tb.jpg", "a\nb.jpg", "a\rb.jpg", "trailing .jpg ", "nbsp\xa0.jpg",
-           "ideographic\u3000space.jpg", "line\u2028sep.jpg", "next\x85line.jpg", "#1.jpg", "#"]
-
-
-@pytest.mark.parametrize("name", REFUSED)
-def test_names_pairs_files_cannot_hold_are_refused(tmp_path, name):
-    with pytest.raises(ValueError) as info:
-        check_image_name(name, "scenes/x/images")
-    message = str(info.value)
-    assert message.startswith(f"scenes/x/images: image name {name!r}") and "rename" in message
-    # ...and each of them would indeed not come back as itself from a pairs file
-    write_pairs(tmp_path / "pairs.txt", [(name, "other.jpg")])
-    try:
-        assert read_pairs(tmp_path / "pairs.txt") != [(name, "other.jpg")]
-    except ValueError:
-        pass
-
-
-@pytest.mark.parametrize("name", ["a\x00b", "esc\x1b[31m.jpg", "del\x7f", "bad\udcff.jpg"])
-def test_control_characters_and_undecodable_names_are_refused(name):
-    with pytest.raises(ValueError, match="rename the image"):
-        check_image_name(name, "model/images.bin")
-
-
-def test_every_accepted_name_round_trips_through_pairs_files(tmp_path):
-    tokens = list("abcXYZ019_-./,;:'\"#%!~*?()[]{}@$&+=^`|<>\\") + [
-        "é", "e\u0301", "ß", "日本", "😀", "\u200b", "\ufeff", "NA", "null", "None", "nan", ",", "''", '""',
-        " ", "\t", "\n", "\r", "\xa0", "\u3000", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\x00", "\x1b", "\udcff"]
-    rng = random.Random(0)
-    names = ["NA", "a/b/c.jpg", "it's.jpg", 'say "cheese".png', "a,b.jpg", "日本/東京.jpg", "a#b.jpg"]
-    names += ["".join(rng.choice(tokens) for _ in range(rng.randint(1, 6))) for _ in range(4000)]
-    accepted = []
-    for name in names:
-        try:
-            check_image_name(name, "folder")
-        except ValueError:
-            continue
-        accepted.append(name)
-    assert 1000 < len(accepted) < len(names) - 1000  # the generator exercises both sides
-    pairs = list(zip(accepted, accepted[1:] + accepted[:1], strict=True)) + [(n, n) for n in accepted]
-    write_pairs(tmp_path / "pairs.txt", pairs)
-    assert read_pairs(tmp_path / "pairs.txt") == pairs

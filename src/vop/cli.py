@@ -171,10 +171,17 @@ def _open_scene(args):
 def _ground_truth(p):
     _scene_flags(p)
     p.add_argument("--out", type=Path, required=True, help="gt.h5 to write")
+    p.add_argument("--local-features", type=Path,
+                   help="the scene's local_features.h5: posed images without 3D points triangulate their tracks")
+    p.add_argument("--threads", type=int, default=-1, help="triangulation threads (default: all cores)")
+    add_conf_flags(p, confs.TriangulationConf)
 
     def run(args):
-        gt = _open_scene(args).write_ground_truth(args.out)
-        print(f"{args.out}: {len(gt.names)} images, overlap {'yes' if gt.overlap is not None else 'no'}")
+        from vop.ground_truth import write_scene_ground_truth
+
+        gt = write_scene_ground_truth(_open_scene(args), args.out, args.local_features,
+                                      conf_from_args(confs.TriangulationConf, args), num_threads=args.threads)
+        print(f"{args.out}: {len(gt.names)} images, overlap: {gt.overlap_source or 'none'}")
     return run
 
 
@@ -406,6 +413,25 @@ def _summary(p):
         print(summary.text())
         if args.tsv:
             write_summary(summary, args.tsv)
+
+
+def _readme_tables(p):
+    p.add_argument("markdown", type=Path, nargs="?", default=Path("README.md"),
+                   help="a markdown file with marked tables (default: README.md)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--update", action="store_true", help="write the regenerated tables into the file")
+    what.add_argument("--check", action="store_true", help="fail when the file's tables differ from their auc.csv")
+
+    def run(args):
+        from vop.readme import render, update_tables
+
+        if args.check or args.update:
+            same, _ = update_tables(args.markdown, write=args.update)
+            print(f"{args.markdown}: tables {'up to date' if same else 'updated' if args.update else 'differ'}")
+            return 0 if same or args.update else 1
+        _, tables = render(args.markdown.read_text(encoding="utf-8"), args.markdown.parent, str(args.markdown))
+        for source, table in tables:
+            print(f"{source}:\n{table}")
     return run
 
 
@@ -416,7 +442,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "extract": (_extract, "unpack an archive safely (members escaping the target are refused)"),
     "ground-truth": (_ground_truth, "gt.h5 of a scene: intrinsics, poses, image sizes, overlap"),
     "features": (_features, "backbone CLS and patch tokens of every image"),
-    "labels": (_labels, "ground-truth patch correspondences of sampled pairs, from depth"),
+    "labels": (_labels, "ground-truth patch correspondences of sampled pairs, from depth or tracks"),
     "train": (_train, "train the VOP patch head on labelled scenes"),
     "embeddings": (_embeddings, "apply an encoder (identity or VOP) to a features file"),
     "retrieve": (_retrieve, "rank the database images of every query with one method"),
@@ -428,6 +454,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "protocol-table": (_protocol_table, "vpr.csv (recall@N), revisitop.csv (mAP E/M/H) or gl3d.csv (mAP@K)"),
     "check": (_check, "recompute every vop retrieval the straightforward way and compare"),
     "summary": (_summary, "per stage of a run: jobs, wall seconds, peak memory (from the benchmark files)"),
+    "readme-tables": (_readme_tables, "print (or write) a markdown file's result tables from their auc.csv"),
 }
 
 

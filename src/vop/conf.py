@@ -172,6 +172,19 @@ class DatasetConf(Conf):
     k: int | None = None  # None: the source's depth (vpr 20, image_list 200, revisitop all), else each method's k
 
 
+@dataclass(frozen=True, kw_only=True)
+class TriangulationConf(Conf):
+    """`triangulation`: ground-truth tracks of posed scenes without 3D points (vop.ground_truth): the
+    scene's local features matched over pose-neighbour pairs and triangulated with the poses held fixed."""
+
+    neighbours: int = 20  # pairs per image, the best by pose-based overlap (all pairs up to neighbours + 1 images)
+    ratio: float = 0.8  # Lowe's ratio of the mutual nearest-neighbour matching
+    verification: Literal["poses", "ransac"] = "poses"  # epipolar test against the known poses, or COLMAP's
+    max_error_px: float = 4.0  # inlier bound of the verification and reprojection bound of the triangulation
+    min_angle_deg: float = 1.5  # the smallest triangulation angle of a point
+    min_points: int = 100  # fewer points: the overlap falls back to the pose-only estimate
+
+
 # ---------------------------------------------------------------------------------------------------
 # Features, encoders, training
 
@@ -186,8 +199,10 @@ class BackboneConf(Conf):
 
 @dataclass(frozen=True, kw_only=True)
 class LabelsConf(Conf):
-    """`labels`: ground-truth patch correspondences of sampled pairs, from depth (vop.labels)."""
+    """`labels`: ground-truth patch correspondences of sampled pairs, from depth or from the tracks of 3D
+    points (vop.labels); `geometry` auto: depth where the dataset has it, else tracks."""
 
+    geometry: Literal["auto", "depth", "tracks"] = "auto"
     pairs_per_bin: int = 40
     num_negative: int = 40
     stride: int = 2
@@ -333,10 +348,10 @@ class MetricsConf(Conf):
 
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
-                                      "pose": PoseConf, "metrics": MetricsConf}
+                                      "pose": PoseConf, "metrics": MetricsConf, "triangulation": TriangulationConf}
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
     "LocalFeaturesConf", "METHOD_CONFS", "MethodConf", "MetricsConf", "OracleConf", "PoseConf", "RandomConf",
-    "STAGE_CONFS", "SyntheticConf", "TrainConf", "VopConf", "method_conf",
+    "STAGE_CONFS", "SyntheticConf", "TrainConf", "TriangulationConf", "VopConf", "method_conf",
 ]

@@ -16,6 +16,7 @@ or is a link or a special file; it writes into a temporary folder beside the tar
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
@@ -281,9 +282,11 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
         return _extract_flat(archive, kind, final, prefix)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists: delete it or pass overwrite=True (--overwrite)")
+    created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]  # removed again on failure
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     count = 0
+    done = False
     try:
         if kind == "zip":
             try:
@@ -319,8 +322,12 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
                                "against the archive's folders")
         (tmp / prefix).mkdir(parents=True, exist_ok=True)
         replace_dir(tmp / prefix if prefix else tmp, final)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created if not done else ():  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     logger.info("%s: extracted %d files to %s", archive, count, final)
     return final
 

@@ -25,21 +25,10 @@ import torch
 from vop import io
 from vop.backbones import Backbone
 from vop.grid import patch_keypoints
+from vop.images import read_image
 from vop.progress import progress
 
 logger = logging.getLogger(__name__)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """(H,W,3) uint8 RGB; a missing or undecodable file raises an error that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found; check --image-dir and the names in --names-from")
-    # The stored pixel grid, not EXIF-rotated: camera models (COLMAP, the datasets) describe it.
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise ValueError(f"{path}: cannot decode the image (corrupt or not an image); replace or remove it")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def resize_image(image: np.ndarray, size: int = Backbone.image_size) -> np.ndarray:

@@ -19,7 +19,7 @@
   cv2.cvtColor (the same Rec.601 weights).
 
 `image_size` reads (w, h) from the header of a JPEG, PNG, BMP, WebP or TIFF without decoding (other
-formats are decoded); `check_image_name` refuses names that the hloc pairs files cannot hold.
+formats are decoded).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import struct
 import sys
 import tempfile
 import threading
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -459,37 +458,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-# --- names ----------------------------------------------------------------------------------------
-
-def _name_problem(name: str) -> str | None:
-    if not name:
-        return "is empty"
-    if name.startswith("#"):
-        return "starts with '#', which pairs files read as a comment line"
-    for i, c in enumerate(name):
-        if c.isspace():  # exactly what str.split() splits on, in the pairs files' `query db` lines
-            what = unicodedata.name(c, f"U+{ord(c):04X}")
-            return f"contains whitespace ({what}, {c!r}, at position {i}), which separates names in pairs files"
-        category = unicodedata.category(c)
-        if category == "Cc":
-            return f"contains the control character {c!r} at position {i}"
-        if category == "Cs":
-            return (f"is not valid text ({c!r} at position {i}: file name bytes that are not UTF-8), "
-                    "which a UTF-8 pairs file cannot hold")
-    return None
-
-
-def check_image_name(name: str, where: str | Path) -> None:
-    """Raise ValueError when `name` cannot be written to an hloc/COLMAP pairs file and read back as itself.
-
-    Refused: the empty name; a leading '#' (read as a comment); any whitespace, i.e. every character
-    str.split() splits on (space, tab, newlines, NBSP, U+3000, ...): it separates `query db`; control
-    characters (invisible in logs, and NUL cannot be in a path); unpaired surrogates (undecodable file
-    name bytes: they cannot be encoded to a UTF-8 text file). Everything else round-trips through
-    vop.io.write_pairs/read_pairs, including '/', quotes, commas, '#' after the first character,
-    backslashes, 'NA' and non-ASCII letters (kept as given: no Unicode normalisation).
-    """
-    problem = _name_problem(name)
-    if problem:
-        raise ValueError(f"{where}: image name {name!r} {problem}; rename the image (in the folder and, for a "
-                         "COLMAP model, in the model too), e.g. with '_' for whitespace")
+def image_sizes(image_dir: str | Path, names: list[str]) -> np.ndarray:
+    """(N,2) int64 [w,h] of the named images (paths relative to `image_dir`), from their headers."""
+    return np.array([image_size(Path(image_dir) / n) for n in names], np.int64).reshape(len(names), 2)

@@ -19,26 +19,13 @@ import h5py
 import numpy as np
 
 from vop.conf import LocalFeaturesConf
+from vop.images import read_image
 from vop.io import write_image_groups
 from vop.progress import progress
 from vop.utils import l2_normalize
 from vop.utils import root_sift as to_root_sift
 
 logger = logging.getLogger(__name__)
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: image not found; check the image folder and that the names match the dataset's model"
-        )
-    # The raw pixel grid, as COLMAP sees it: the ground-truth intrinsics describe that grid, not the
-    # EXIF-rotated one.
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise ValueError(f"{path}: OpenCV cannot decode this image (corrupt or unsupported format); "
-                         "replace the file or remove it from the scene")
-    return image
 
 
 def _resize(image: np.ndarray, resize_max: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +100,7 @@ SIFT_BACKENDS = {"opencv": _sift_opencv, "pycolmap": _sift_colmap}
 
 def _sift_one(path: Path, max_keypoints: int, resize_max: int | None, root_sift: bool,
               backend: str) -> dict[str, np.ndarray]:
-    image = _read_gray(path)
+    image = read_image(path, grayscale=True)  # the stored grid, as COLMAP reads it (vop.images)
     h, w = image.shape[:2]
     image, scale_xy = _resize(image, resize_max)
     found = SIFT_BACKENDS[backend](image, max_keypoints, root_sift)

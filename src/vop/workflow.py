@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vop.conf import ConfigError, EncoderConf, did_you_mean, fields_of, key_path, listing, method_conf
-from vop.datasets import SOURCES, Dataset, reader_class
+from vop.datasets import Dataset
 
 
 def load_datasets(config: Mapping[str, Any]) -> dict[str, Dataset]:
@@ -56,14 +56,9 @@ def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> 
         for i, ds in enumerate(conf.train.datasets if conf.train else ()):
             if ds not in datasets:
                 raise _not_configured((*where, "train", "datasets", i), ds, "datasets", datasets)
-            if not datasets[ds].has_depth:
-                with_depth = sorted(d for d, entry in datasets.items() if entry.has_depth)
-                sources = listing(_sources_with_depth())
-                raise ConfigError(f"{key_path((*where, 'train', 'datasets', i))}: {ds!r} has no depth maps to train "
-                                  f"from; name a dataset with depth\n  datasets with depth here: "
-                                  f"{listing(with_depth) or 'none'} (sources with depth: {sources})",
+            if not (datasets[ds].has_depth or datasets[ds].has_poses):
+                usable = sorted(d for d, entry in datasets.items() if entry.has_depth or entry.has_poses)
+                raise ConfigError(f"{key_path((*where, 'train', 'datasets', i))}: {ds!r} has neither depth maps nor "
+                                  "posed images (whose 3D points' tracks give the labels) to train from; name a posed "
+                                  f"dataset\n  datasets that can train here: {listing(usable) or 'none'}",
                                   (*where, "train", "datasets", i))
-
-
-def _sources_with_depth() -> list[str]:
-    return [source for source in SOURCES if reader_class(source).has_depth]

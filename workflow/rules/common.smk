@@ -64,7 +64,25 @@ def needed_files(dataset, scene, needs):
 
 
 def gt_inputs(wildcards):
+    """The native files of a scene's ground truth; its local features too where it triangulates tracks."""
     needs = DATASETS[wildcards.dataset].ground_truth_needs(wildcards.scene)
+    inputs = {"native": needed_files(wildcards.dataset, wildcards.scene, needs)}
+    if needs.local_features:
+        inputs["local_features"] = scene_file("local_features", wildcards)
+    return inputs
+
+
+def gt_triangulation(wildcards):
+    """The `triangulation` block for a scene whose ground truth triangulates tracks, else None (so that
+    changing it reruns only those scenes)."""
+    if DATASETS[wildcards.dataset].ground_truth_needs(wildcards.scene).local_features:
+        return canonical(config["triangulation"])
+    return None
+
+
+def image_inputs(wildcards):
+    """The images a scene's job reads (or the archive parts / generated scene they come with)."""
+    needs = DATASETS[wildcards.dataset].image_needs(wildcards.scene)
     return needed_files(wildcards.dataset, wildcards.scene, needs)
 
 
@@ -80,10 +98,6 @@ def scene_file(rule, wildcards, **more):
 
 def reader_args(wildcards):
     return canonical(DATASETS[wildcards.dataset].reader_args(wildcards.scene))
-
-
-def image_dir(wildcards):
-    return DATASETS[wildcards.dataset].image_dir(wildcards.scene)
 
 
 def backbone_of(dataset):

@@ -5,7 +5,9 @@ stages and the workflow ask about a scene in its native layout:
 
     scene = open_scene("megadepth", "resources/megadepth", "0015")
     scene.image_dir                 # image names are relative to it
-    scene.ground_truth()            # GroundTruth: names, K, T_w2cam, image sizes, overlap (or None)
+    scene.image_names()             # the images, in ground-truth order, from the listing alone
+    scene.ground_truth()            # GroundTruth: names, K, T_w2cam, image sizes, overlap (or None), tracks
+    scene.needs_tracks()            # posed but no 3D points: the ground-truth stage triangulates
     scene.depth(name, (w, h))       # z-depth (h, w) float32 for training labels; NoDepthError without
     scene.input_files()             # the native files its ground truth reads
     MegaDepthScene.archive_parts("0015")   # what to download and unpack for it
@@ -29,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vop.conf import Conf, ConfigError, DatasetConf, did_you_mean, fields_of, listing
-from vop.io import GroundTruth, write_gt
+from vop.io import GroundTruth, check_image_name
 
 # name -> "module:Class"; the modules are imported when a source is first used
 SOURCES = {
@@ -89,11 +91,13 @@ class ArchivePart:
 
 @dataclass(frozen=True)
 class Needs:
-    """What a stage of one scene reads: files on disk, archive parts to unpack, or the generated scene."""
+    """What a stage of one scene reads: files on disk, archive parts to unpack, or the generated scene;
+    `local_features`: the scene's local features too (ground truth triangulated from tracks)."""
 
     files: tuple[str, ...] = ()
     parts: tuple[str, ...] = ()
     generated: bool = False
+    local_features: bool = False
 
 
 class SceneReader:
@@ -130,6 +134,33 @@ class SceneReader:
 
     def ground_truth(self) -> GroundTruth:
         raise NotImplementedError
+
+    def image_names(self) -> list[str]:
+        """The scene's image names (relative to `image_dir`) in the ground truth's order, i.e. sorted.
+
+        The workflow asks at start for the images a job reads: readers answer from their listing (model
+        file, folder, scene info) without computing the ground truth; this default computes it.
+        """
+        return list(self.ground_truth().names)
+
+    def checked_image_names(self) -> list[str]:
+        """`image_names()`, each checked where it enters the pipeline: a name that a pairs file cannot hold
+        (whitespace, a leading '#', control characters; vop.io.check_image_name) is refused, naming the image
+        and saying to rename it."""
+        names = self.image_names()
+        for name in names:
+            check_image_name(name, self.image_dir)
+        return names
+
+    def image_files(self) -> list[Path]:
+        """The files the images of `checked_image_names()` are read from (a source whose images are crops of
+        files, revisitop's queries, lists the files)."""
+        return [self.image_dir / n for n in self.checked_image_names()]
+
+    def needs_tracks(self) -> bool:
+        """Posed images without 3D points: the ground-truth stage matches their local features and
+        triangulates tracks with the poses held fixed (vop.ground_truth) for the overlap and for labels."""
+        return False
 
     def input_files(self) -> list[Path]:
         """The native files the ground truth reads (checked when the dataset's `root` is configured)."""
@@ -168,10 +199,11 @@ class SceneReader:
             "ground-truth depth for every image; train encoders on datasets whose source has depth"
         )
 
-    def write_ground_truth(self, out_h5: str | Path) -> GroundTruth:
-        gt = self.ground_truth()
-        write_gt(out_h5, gt)
-        return gt
+    def write_ground_truth(self, out_h5: str | Path, **kwargs) -> GroundTruth:
+        """gt.h5 of this scene: the ground-truth stage (vop.ground_truth.write_scene_ground_truth)."""
+        from vop.ground_truth import write_scene_ground_truth
+
+        return write_scene_ground_truth(self, out_h5, **kwargs)
 
 
 def no_poses(names: list[str], sizes: np.ndarray) -> GroundTruth:
@@ -222,9 +254,8 @@ def split_queries(names: Sequence[str], mode: str = "register", queries: str | N
     when ranking). retrieve: queries are the names matching the glob `queries`, the database the rest.
     """
     num = len(names)
-    if num < 2:
-        raise ValueError(f"scene {scene!r} has {num} image(s): retrieval needs at least 2; "
-                         "remove the scene from the dataset's `scenes` in config/config.yaml")
+    if num < 2:  # the ground-truth stage refuses such scenes first, with the fix (vop.ground_truth)
+        raise ValueError(f"scene {scene!r} has {num} image(s): retrieval needs at least 2")
     everything = np.arange(num)
     if mode == "register":
         return everything, everything
@@ -247,6 +278,7 @@ class Dataset:
     def __init__(self, name: str, entry: Mapping[str, Any]):
         self.name = name
         self.where = f"datasets.{name}"
+        self._cache: dict[tuple[str, str], Needs] = {}  # the workflow asks per job: once per scene
         self.reader = reader_class(entry["source"])
         common = fields_of(DatasetConf)
         self.conf = DatasetConf.from_dict({k: v for k, v in entry.items() if k in common}, self.where)
@@ -369,12 +401,27 @@ class Dataset:
         return str(self.open(scene).image_dir)
 
     def ground_truth_needs(self, scene: str) -> Needs:
-        """What the ground truth of `scene` reads."""
-        return self._needs(scene, "ground_truth", lambda reader: reader.input_files())
+        """What the ground truth of `scene` reads (and whether it triangulates from local features)."""
+        key = ("ground_truth", scene)
+        if key not in self._cache:
+            needs = self._needs(scene, "ground_truth", lambda reader: reader.input_files())
+            if needs.files and self.open(scene).needs_tracks():
+                needs = Needs(needs.files, local_features=True)
+            self._cache[key] = needs
+        return self._cache[key]
 
     def depth_needs(self, scene: str) -> Needs:
         """What training labels of `scene` read besides its ground truth."""
         return self._needs(scene, "depth", lambda reader: reader.depth_files())
+
+    def image_needs(self, scene: str) -> Needs:
+        """What the stages that read the images of `scene` need: under a configured root the image files
+        themselves (so that replacing or touching one reruns exactly what reads it), else the archive parts
+        or the generated scene they come with. Names are checked here, where they enter."""
+        key = ("images", scene)
+        if key not in self._cache:  # asked by every rule that reads images, for every job
+            self._cache[key] = self._needs(scene, "ground_truth", lambda reader: reader.image_files())
+        return self._cache[key]
 
     def _needs(self, scene: str, role: str, files) -> Needs:
         reader = self.open(scene)
@@ -389,8 +436,9 @@ class Dataset:
                               "start at the working directory)") from err
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
-            raise ConfigError(f"{self.where}.root: {missing[0]} not found; set it to the folder that holds it "
-                              f"(now {self.root!r}; relative paths start at the working directory)")
+            raise ConfigError(f"{self.where}.root: {missing[0]} not found ({len(missing)} missing in all); set it to "
+                              f"the folder that holds it (now {self.root!r}; relative paths start at the working "
+                              "directory)")
         return Needs(files=tuple(paths))
 
     def archive_part(self, part: str) -> ArchivePart:

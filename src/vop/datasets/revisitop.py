@@ -28,7 +28,7 @@ import numpy as np
 
 from vop.datasets import ArchivePart, SceneReader, no_poses
 from vop.datasets.folder import image_size
-from vop.io import GroundTruth, Relevance
+from vop.io import GroundTruth, Relevance, check_image_name
 from vop.protocols import revisitop
 
 SCENES = ("roxford5k", "rparis6k")
@@ -106,6 +106,12 @@ class RevisitopScene(SceneReader):
 
     def input_files(self) -> list[Path]:
         return [self.gnd_path, self.image_dir]
+
+    def image_files(self) -> list[Path]:
+        database, queries = self.names(self.ground())
+        for name in database + queries:
+            check_image_name(name, self.image_dir)
+        return [self.image_dir / f for f in dict.fromkeys(database + [q[len(QUERY_PREFIX):] for q in queries])]
 
     def ground(self) -> revisitop.Ground:
         """The revisitop ground truth of the scene (imlist, qimlist, per-query labels)."""
