@@ -30,7 +30,7 @@ import numpy as np
 
 from vop.conf import Conf
 from vop.datasets import ArchivePart, NoOptions, SceneReader, no_poses, refuse_spaces
-from vop.datasets.folder import image_sizes
+from vop.images import image_sizes
 from vop.io import GroundTruth, Relevance
 from vop.protocols import gl3d
 

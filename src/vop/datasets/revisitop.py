@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vop.datasets import ArchivePart, SceneReader, no_poses
-from vop.datasets.folder import image_size
+from vop.images import image_size
 from vop.io import GroundTruth, Relevance, check_image_name
 from vop.protocols import revisitop
 

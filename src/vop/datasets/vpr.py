@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 
 from vop.conf import Conf
 from vop.datasets import SceneReader, no_poses, refuse_spaces
-from vop.datasets.folder import image_sizes
+from vop.images import image_sizes
 from vop.io import GroundTruth, Relevance
 from vop.protocols import vpr
 
