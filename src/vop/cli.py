@@ -413,6 +413,7 @@ def _summary(p):
         print(summary.text())
         if args.tsv:
             write_summary(summary, args.tsv)
+    return run
 
 
 def _readme_tables(p):
