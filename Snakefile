@@ -1,5 +1,6 @@
 # VOP overlap retrieval: which images overlap, and what poses that gives.
-# Stages (one .smk each): data -> ground truth -> features -> embeddings -> retrieval -> pose -> metrics.
+# Stages (one .smk each): data -> ground truth -> features -> embeddings -> retrieval (verify) -> matches ->
+# pose -> metrics.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -19,6 +20,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/encoder.smk"
 include: "workflow/rules/retrieval.smk"
+include: "workflow/rules/verify.smk"
+include: "workflow/rules/matches.smk"
 include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
 

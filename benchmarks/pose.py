@@ -1,11 +1,22 @@
-"""Throughput of the pose stage: pairs per second with 1 and 2 workers, against a plain sequential loop.
+"""Throughput of the pose stage: the straightforward loop against the stage as the workflow runs it.
 
-A synthetic scene (the demo's renderer) gives the images; every image is paired with the `--neighbours`
-images it overlaps most (what the oracle retrieves), estimated at every RANSAC threshold of the sweep.
-The sequential loop is the straightforward implementation: match and estimate pair after pair in this
-process, with OpenCV and BLAS at their default threading. Every variant must produce the same rows.
+A synthetic scene (the demo's renderer, 640x480, SIFT up to 4096 keypoints) gives the images; every image
+is paired with the `--neighbours` images it overlaps most (what the oracle retrieves; the demo retrieves 5),
+in register mode, so many pairs come both ways. Both variants compute the same rows:
 
-    PYTHONPATH=src .venv/bin/python benchmarks/pose.py --images 24 --neighbours 10 --repeats 3
+- the straightforward loop: pair after pair in this process, with OpenCV and BLAS at their default
+  threading: match the pair in its canonical orientation (vop.matching.match_descriptors, numpy), estimate
+  at every RANSAC threshold of the sweep, invert the estimate where the query is the pair's second image;
+- the stage: the matches rule (vop.match_store.build_store: each unordered pair once, batched matrix
+  products in torch) then the pose rule (vop.pose.estimate_poses: each unordered pair estimated once, RANSAC
+  in 2 single-threaded worker processes, rows from the shared estimates).
+
+Every variant must give the same rows. Then: the matchings that sharing pairs saves across the methods of
+a finished demo run (`--demo-results`, its pairs files; before, every method's pose job matched every one
+of its pairs), and the batched matcher alone on `--matching-pairs` pairs of 4096-keypoint SIFT, on CUDA
+when present, against the per-pair matcher (run on a subset on the CPU), with the identical-matches check.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/pose.py --images 24 --neighbours 5 --repeats 2
 """
 
 from __future__ import annotations
@@ -19,15 +30,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vop.conf import LocalFeaturesConf, PoseConf
 from vop.datasets import open_scene, synthetic
 from vop.estimation import estimate_relative_pose_sweep
 from vop.geometry import relative_pose_error
-from vop.io import read_gt
+from vop.io import read_gt, read_pairs, write_pairs
 from vop.local_features import extract_local_features, read_local_features
-from vop.matching import match_descriptors
+from vop.match_store import build_store, canonical_pair, unique_pairs
+from vop.matching import match_descriptors, match_pairs
 from vop.pose import estimate_poses
+from vop.utils import l2_normalize, resolve_device
 
 
 def sequential_loop(pairs, gt, features_h5, thresholds, estimator, ratio):
@@ -35,17 +49,20 @@ def sequential_loop(pairs, gt, features_h5, thresholds, estimator, ratio):
     features = read_local_features(features_h5, list(index))
     rows = []
     for query, db in pairs:
-        f0, f1 = features[query], features[db]
+        a, b = canonical_pair(query, db)
+        f0, f1 = features[a], features[b]
         matches = match_descriptors(f0["descriptors"], f1["descriptors"], ratio)
-        i, j = index[query], index[db]
         kpts0, kpts1 = f0["keypoints"][matches[:, 0]] + 0.5, f1["keypoints"][matches[:, 1]] + 0.5
-        result = estimate_relative_pose_sweep(kpts0, kpts1, gt.K[i], gt.K[j], thresholds, estimator=estimator)
+        result = estimate_relative_pose_sweep(kpts0, kpts1, gt.K[index[a]], gt.K[index[b]], thresholds,
+                                              estimator=estimator)
         if result is None:
             rows.append([query, db, len(matches), 0, math.nan, math.inf, math.inf])
-        else:
-            R, t, inliers, threshold = result
-            rows.append([query, db, len(matches), int(inliers.sum()), threshold,
-                         *relative_pose_error(gt.relative_pose(i, j), R, t)])
+            continue
+        R, t, inliers, threshold = result
+        if (a, b) != (query, db):
+            R, t = R.T, -R.T @ t
+        rows.append([query, db, len(matches), int(inliers.sum()), threshold,
+                     *relative_pose_error(gt.relative_pose(index[query], index[db]), R, t)])
     return rows
 
 
@@ -55,13 +72,81 @@ def same_rows(a, b) -> bool:
         for x, y in zip(a, b))
 
 
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def saved_matchings(results: Path) -> None:
+    """Matchings of a finished demo run: per method and ordered pair (before) against per scene and
+    unordered pair (the matches store)."""
+    scenes = sorted(p.parent for p in results.glob("*/gt.h5"))
+    if not scenes:
+        print(f"saved matchings: no run under {results} (run the demo first)")
+        return
+    before = before_no_verify = after = 0
+    methods = set()
+    for scene in scenes:
+        needed = []
+        for pairs_txt in sorted(scene.glob("*/pairs.txt")):
+            method = pairs_txt.parent.name
+            methods.add(method)
+            verify_first = pairs_txt.parent / "first_stage" / "pairs.txt"
+            pairs = read_pairs(pairs_txt)
+            # a verify method matches its first stage's ranking (its shortlist) and its pose reads from it
+            if verify_first.exists():
+                before += len(read_pairs(verify_first)) + len(pairs)  # once to verify, once more for pose
+                needed += read_pairs(verify_first)
+            else:
+                before += len(pairs)
+                before_no_verify += len(pairs)
+                needed += pairs
+        after += len(unique_pairs(needed))
+    print(f"saved matchings across the methods of {results} ({len(scenes)} scenes, {', '.join(sorted(methods))}): "
+          f"{before} matchings per method and ordered pair ({before_no_verify} without verify) -> {after} per scene "
+          f"and unordered pair: {before - after} saved ({100 * (before - after) / before:.0f}%)")
+
+
+def matching_throughput(features, num_pairs: int, device: str | None, check: int) -> None:
+    """match_pairs on pairs of 4096-keypoint SIFT (descriptors drawn from the scene's, with noise)."""
+    rng = np.random.default_rng(0)
+    pool = np.concatenate([f["descriptors"] for f in features.values()])
+    images = {}
+    for k in range(48):
+        d = pool[rng.integers(0, len(pool), 4096)] + rng.normal(0, 0.03, (4096, pool.shape[1])).astype(np.float32)
+        images[f"im{k}"] = l2_normalize(np.maximum(d, 0)).astype(np.float16).astype(np.float32)
+    names = list(images)
+    pairs = [tuple(names[i] for i in rng.choice(len(names), 2, replace=False)) for _ in range(num_pairs)]
+    device = resolve_device(device)
+    match_pairs(images, pairs[:4], 0.8, device=device)  # warm-up (CUDA context, kernels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    found = match_pairs(images, pairs, 0.8, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = [match_descriptors(images[a], images[b], 0.8) for a, b in pairs[:check]]
+    loop = (time.perf_counter() - start) / check
+    equal = sum(np.array_equal(m, r) for (m, _), r in zip(found, reference))
+    print(f"matching {num_pairs} pairs of 4096-keypoint SIFT on {device}: {num_pairs / batched:8.1f} pairs/s "
+          f"(batched); the per-pair numpy matcher on the CPU: {1 / loop:6.1f} pairs/s; identical matches "
+          f"{equal}/{check}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--neighbours", type=int, default=10)
+    parser.add_argument("--neighbours", type=int, default=5)
     parser.add_argument("--estimator", default="opencv")
     parser.add_argument("--max_keypoints", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per variant")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--demo-results", type=Path, default=Path("results/demo"))
+    parser.add_argument("--matching-pairs", type=int, default=0,
+                        help="also time the batched matcher alone on this many 4096-keypoint pairs (0: skip)")
+    parser.add_argument("--device", help="where the matcher runs (default: CUDA when present)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,24 +161,35 @@ def main() -> None:
         np.fill_diagonal(overlap, -1.0)
         ranked = np.argsort(-overlap, axis=1, kind="stable")[:, :args.neighbours]
         pairs = [(gt.names[i], gt.names[j]) for i in range(n) for j in ranked[i]]
+        write_pairs(tmp / "pairs.txt", pairs)
         conf = PoseConf(estimator=args.estimator)
         thresholds = list(conf.thresholds)
-        print(f"{len(pairs)} pairs, {n} images, estimator {args.estimator}, thresholds {thresholds} px")
+        features = read_local_features(tmp / "local.h5", gt.names)
+        sizes = [len(f["keypoints"]) for f in features.values()]
+        print(f"{len(pairs)} pairs ({len(unique_pairs(pairs))} unordered), {n} images of {min(sizes)}-{max(sizes)} "
+              f"keypoints, estimator {args.estimator}, thresholds {thresholds} px, torch threads "
+              f"{torch.get_num_threads()}, device {resolve_device(args.device)}")
 
-        def cpu_seconds() -> float:
-            own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-            return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        timings: dict[str, float] = {}
 
+        def stage(workers):
+            def run():
+                (tmp / "matches.h5").unlink(missing_ok=True)
+                start = time.perf_counter()
+                build_store(tmp / "matches.h5", [tmp / "pairs.txt"], tmp / "local.h5", device=args.device)
+                timings[f"matches{workers}"] = time.perf_counter() - start
+                return estimate_poses(read_pairs(tmp / "pairs.txt"), gt, tmp / "local.h5", tmp / f"pose{workers}.csv",
+                                      conf, num_workers=workers, matches_h5=tmp / "matches.h5")
+            return run
+
+        loop_name = "straightforward loop (default threading)"
         variants = {
-            "sequential loop (default threading)": lambda: sequential_loop(pairs, gt, tmp / "local.h5", thresholds,
-                                                                           args.estimator, conf.ratio),
-            "estimate_poses, 1 worker": lambda: estimate_poses(pairs, gt, tmp / "local.h5", tmp / "pose1.csv", conf,
-                                                               num_workers=1),
-            "estimate_poses, 2 workers": lambda: estimate_poses(pairs, gt, tmp / "local.h5", tmp / "pose2.csv", conf,
-                                                                num_workers=2),
+            loop_name: lambda: sequential_loop(pairs, gt, tmp / "local.h5", thresholds, args.estimator, 0.8),
+            "stage: matches + pose, 1 worker": stage(1),
+            f"stage: matches + pose, {args.workers} workers": stage(args.workers),
         }
         # Interleaved repeats, best of each: load from other processes hits every variant alike.
-        best = {name: (math.inf, math.nan) for name in variants}
+        best = {name: (math.inf, math.nan, math.nan) for name in variants}
         rows = {}
         print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         for _ in range(args.repeats):
@@ -101,19 +197,36 @@ def main() -> None:
                 cpu0, start = cpu_seconds(), time.perf_counter()
                 rows[name] = run()
                 wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+                matching = timings.get(f"matches{name.split(', ')[-1].split()[0]}", math.nan) if "stage" in name \
+                    else math.nan
                 if wall < best[name][0]:
-                    best[name] = (wall, cpu)
+                    best[name] = (wall, cpu, matching)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
-        reference = rows["sequential loop (default threading)"]
-        for name, (wall, cpu) in best.items():
-            print(f"{name:38s} {wall:7.2f} s  {len(pairs) / wall:6.1f} pairs/s  CPU {cpu:6.1f} s"
+        reference = rows[loop_name]
+        for name, (wall, cpu, matching) in best.items():
+            split = f"  (matching {matching:5.2f} s)" if math.isfinite(matching) else ""
+            print(f"{name:42s} {wall:7.2f} s  {len(pairs) / wall:6.1f} pairs/s  CPU {cpu:6.1f} s{split}"
                   f"  same rows as the loop: {same_rows(rows[name], reference)}")
-        one, two = best["estimate_poses, 1 worker"][0], best["estimate_poses, 2 workers"][0]
-        loop = best["sequential loop (default threading)"][0]
-        print(f"speed-up 2 workers vs 1: {one / two:.2f}x; vs the sequential loop: {loop / two:.2f}x")
-        rows_loop = reference
-        failed = sum(1 for r in rows_loop if not math.isfinite(r[5]))
-        print(f"failed pairs: {failed}; median error {np.median([max(r[5], r[6]) for r in rows_loop]):.2f} deg")
+        loop, new = best[loop_name][0], best[f"stage: matches + pose, {args.workers} workers"][0]
+        print(f"ratio: {loop / new:.2f} (the stage with {args.workers} workers against the straightforward loop)")
+        failed = sum(1 for r in reference if not math.isfinite(r[5]))
+        print(f"failed pairs: {failed}; median error {np.median([max(r[5], r[6]) for r in reference]):.2f} deg")
+
+        unique = unique_pairs(pairs)
+        descriptors = {name: f["descriptors"] for name, f in features.items()}
+        start = time.perf_counter()
+        match_pairs(descriptors, unique, 0.8, device=args.device)
+        batched = time.perf_counter() - start
+        start = time.perf_counter()
+        for a, b in unique:
+            match_descriptors(descriptors[a], descriptors[b], 0.8)
+        per_pair = time.perf_counter() - start
+        print(f"matching this scene's {len(unique)} unordered pairs: batched {len(unique) / batched:.1f} pairs/s, "
+              f"per pair (numpy) {len(unique) / per_pair:.1f} pairs/s")
+    saved_matchings(args.demo_results)
+    if args.matching_pairs:
+        on_gpu = resolve_device(args.device).type == "cuda"
+        matching_throughput(features, args.matching_pairs, args.device, check=20 if on_gpu else 5)
 
 
 if __name__ == "__main__":

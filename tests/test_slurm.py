@@ -299,7 +299,8 @@ def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
     per_rule = rules.value_counts().to_dict()
     # one job per scene and stage (2 scenes), per method (3), the encoder once; the table is a local rule
     assert per_rule == {"generate_scene": 2, "ground_truth": 2, "features": 2, "patch_labels": 1,
-                        "train_encoder": 1, "embeddings": 1, "retrieve": 3, "local_features": 1, "pose": 3}
+                        "train_encoder": 1, "embeddings": 1, "retrieve": 3, "local_features": 1, "matches": 3,
+                        "pose": 3}
     # sbatch got each rule's threads and mem_mb
     for rule, cpus, memory in zip(rules, jobs["cpus"], jobs["memory"]):
         threads, mem_mb = rule_resources[rule]

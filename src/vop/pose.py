@@ -1,9 +1,12 @@
 """The pose stage: relative pose of every retrieved pair, scored against the ground truth (`pose.csv`).
 
-For every retrieved (query, db) pair it matches the local features (vop.matching), estimates the relative
-pose at every RANSAC threshold of the sweep (vop.estimation) and scores it (vop.geometry). Pairs run in a
-pool of single-threaded worker processes, one per thread of the job. Local features follow hloc's pixel
-convention and the ground-truth K COLMAP's, so keypoints are shifted by half a pixel before estimation.
+Each unordered pair is estimated once, in its canonical orientation (vop.match_store): its matches come from
+the scene's matches store (or are matched here, batched, when no store is given: vop.matching), its pose is
+estimated at every RANSAC threshold of the sweep (vop.estimation), and each retrieved (query, db) row is
+scored (vop.geometry) with that estimate, inverted where the query is the pair's second image; so (a,b) and
+(b,a) cost one estimation. The pairs run in a pool of single-threaded worker processes, one per thread of
+the job. Local features follow hloc's pixel convention and the ground-truth K COLMAP's, so keypoints are
+shifted by half a pixel before estimation.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import cv2
 import numpy as np
 import threadpoolctl
 
-from vop.conf import PoseConf
+from vop.conf import MatchingConf, PoseConf
 from vop.estimation import ESTIMATORS, estimate_relative_pose_sweep
 from vop.geometry import relative_pose_error
 from vop.io import POSE_COLUMNS, GroundTruth, read_gt, write_csv
 from vop.local_features import read_local_features
-from vop.matching import match_descriptors
+from vop.match_store import Pair, canonical_pair, read_matches, unique_pairs
+from vop.matching import match_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -58,25 +62,37 @@ class PoseTask:
     gt: GroundTruth
     index: dict[str, int]
     conf: PoseConf
+    matches: dict[Pair, np.ndarray]  # canonical pair -> (M,2) matches
 
-    def pair(self, query: str, db: str) -> list:
-        f0, f1 = self.features[query], self.features[db]
-        matches = match_descriptors(f0["descriptors"], f1["descriptors"], ratio=self.conf.ratio)
-        i, j = self.index[query], self.index[db]
+    def pair(self, name0: str, name1: str) -> tuple:
+        """(num_matches, R, t, num_inliers, threshold) of T_{name0->name1}; R and t None when it failed."""
+        matches = self.matches[(name0, name1)]
+        f0, f1 = self.features[name0], self.features[name1]
+        i, j = self.index[name0], self.index[name1]
         # hloc keypoints -> COLMAP pixel convention of K.
         kpts0 = f0["keypoints"][matches[:, 0]] + 0.5
         kpts1 = f1["keypoints"][matches[:, 1]] + 0.5
         result = estimate_relative_pose_sweep(kpts0, kpts1, self.gt.K[i], self.gt.K[j], self.conf.thresholds,
                                               estimator=self.conf.estimator)
         if result is None:
-            # A failed pair still gets its row: no query is ever dropped.
-            return [query, db, len(matches), 0, math.nan, math.inf, math.inf]
+            return len(matches), None, None, 0, math.nan
         R, t, inliers, threshold = result
-        R_err, t_err = relative_pose_error(self.gt.relative_pose(i, j), R, t)
-        return [query, db, len(matches), int(inliers.sum()), threshold, R_err, t_err]
+        return len(matches), R, t, int(inliers.sum()), threshold
 
-    def pairs(self, chunk: Sequence[tuple[str, str]]) -> list[list]:
-        return [self.pair(q, d) for q, d in chunk]
+    def pairs(self, chunk: Sequence[tuple[str, str]]) -> list[tuple]:
+        return [self.pair(a, b) for a, b in chunk]
+
+
+def pose_row(query: str, db: str, estimate: tuple, gt: GroundTruth, index: dict[str, int]) -> list:
+    """The pose.csv row of (query, db) from the estimate of its canonical pair."""
+    num_matches, R, t, num_inliers, threshold = estimate
+    if R is None:
+        # A failed pair still gets its row: no query is ever dropped.
+        return [query, db, num_matches, 0, math.nan, math.inf, math.inf]
+    if canonical_pair(query, db) != (query, db):  # estimated as T_{db->query}: invert it
+        R, t = R.T, -R.T @ t
+    R_err, t_err = relative_pose_error(gt.relative_pose(index[query], index[db]), R, t)
+    return [query, db, num_matches, num_inliers, threshold, R_err, t_err]
 
 
 _WORKER_TASK: PoseTask | None = None  # the task of this worker process, set by its initializer
@@ -87,7 +103,7 @@ def _init_worker(task: PoseTask) -> None:
     _WORKER_TASK = task
 
 
-def _worker_pairs(chunk: Sequence[tuple[str, str]]) -> list[list]:
+def _worker_pairs(chunk: Sequence[tuple[str, str]]) -> list:
     return _WORKER_TASK.pairs(chunk)
 
 
@@ -105,8 +121,8 @@ def _one_thread():
             cv2.setNumThreads(previous)
 
 
-def _run_pairs(task: PoseTask, pairs: Sequence[tuple[str, str]], num_workers: int) -> list[list]:
-    """Rows of every pair, in order: here, or in a pool of single-threaded worker processes."""
+def run_pairs(task, pairs: Sequence[tuple[str, str]], num_workers: int) -> list:
+    """`task.pairs(pairs)`, in order: here, or in a pool of single-threaded worker processes (pose, verify)."""
     with _one_thread():
         if num_workers <= 1 or len(pairs) < 2:
             return task.pairs(pairs)
@@ -117,20 +133,39 @@ def _run_pairs(task: PoseTask, pairs: Sequence[tuple[str, str]], num_workers: in
         # Forked workers receive the task through the initializer without pickling (the fork copies it)
         # and without re-importing (a spawned worker would spend seconds importing torch).
         with mp.get_context("fork").Pool(num_workers, initializer=_init_worker, initargs=(task,)) as pool:
-            return [row for rows in pool.imap(_worker_pairs, chunks) for row in rows]
+            rows = [row for rows in pool.imap(_worker_pairs, chunks) for row in rows]
+            pool.close()  # let the workers exit: leaving the block would SIGTERM them (pycolmap's glog prints
+            pool.join()  # a stack trace for each)
+        return rows
+
+
+def pair_matches(pairs: Sequence[Pair], features: dict[str, dict[str, np.ndarray]], matching: MatchingConf,
+                 matches_h5: str | Path | None = None, local_features_h5: str | Path | None = None,
+                 device: str | None = None) -> dict[Pair, np.ndarray]:
+    """{canonical pair: (M,2) matches} of the unordered `pairs`: read from the scene's store (checked against
+    `features` and `matching`) or, without one, matched here (vop.matching.match_pairs)."""
+    unique = unique_pairs(pairs)
+    if matches_h5 is not None:
+        return read_matches(matches_h5, unique, features, matching, local_features_h5)
+    descriptors = {name: features[name]["descriptors"] for pair in unique for name in pair}
+    found = match_pairs(descriptors, unique, matching.ratio, device=device)
+    return {pair: matches for pair, (matches, _) in zip(unique, found)}
 
 
 def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Path,
                    local_features_h5: str | Path, out_csv: str | Path, conf: PoseConf = PoseConf(),
-                   num_workers: int = 2, gt_path: str | Path | None = None) -> list[list]:
-    """Match, estimate and score every (query, db) pair, in order; write `pose.csv` atomically.
+                   num_workers: int = 2, gt_path: str | Path | None = None, matches_h5: str | Path | None = None,
+                   matching: MatchingConf = MatchingConf(), device: str | None = None) -> list[list]:
+    """Estimate and score every (query, db) pair, in order; write `pose.csv` atomically.
 
     `gt` is a GroundTruth or the path of a gt.h5 (`gt_path` only names the file in error messages).
-    The ground truth is T_{query->db} = gt.relative_pose(i_query, i_db). Each pair is estimated at every
-    threshold of `conf.threshold_px` and the `threshold` column records the one kept. Every pair gets a
-    row: a pair whose estimation failed (too few matches, e.g. a textureless image, or a degenerate
-    configuration) has 0 inliers, no threshold and inf errors. Returns the rows. `num_workers` processes
-    share the pairs, each single-threaded; 1 runs them here on one thread.
+    The ground truth is T_{query->db} = gt.relative_pose(i_query, i_db). The matches come from the scene's
+    store `matches_h5` (vop.match_store, written with `matching`) or, without it, are matched here on
+    `device`. Each unordered pair is estimated once, in its canonical orientation, at every threshold of
+    `conf.threshold_px` (the `threshold` column records the one kept); (b,a) is scored with the inverse of
+    (a,b)'s estimate. Every pair gets a row: a pair whose estimation failed (too few matches, e.g. a
+    textureless image, or a degenerate configuration) has 0 inliers, no threshold and inf errors. Returns
+    the rows. `num_workers` processes share the pairs, each single-threaded; 1 runs them here on one thread.
     """
     if conf.estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {conf.estimator!r}; choose one of {sorted(ESTIMATORS)} "
@@ -144,9 +179,12 @@ def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Pat
     # Read once up front: h5py serialises access anyway, and each image is shared by many pairs.
     features = read_local_features(local_features_h5, names)
     _check_image_sizes(features, gt, index, local_features_h5, gt_path)
-    rows = _run_pairs(PoseTask(features, gt, index, conf), pairs, num_workers)
+    unique = unique_pairs(pairs)
+    matches = pair_matches(unique, features, matching, matches_h5, local_features_h5, device)
+    estimates = dict(zip(unique, run_pairs(PoseTask(features, gt, index, conf, matches), unique, num_workers)))
+    rows = [pose_row(q, d, estimates[canonical_pair(q, d)], gt, index) for q, d in pairs]
     write_csv(out_csv, POSE_COLUMNS, rows)
     failed = sum(1 for r in rows if not math.isfinite(r[5]))
-    logger.info("Estimated %d relative poses with %s at thresholds %s px (%d failed) into %s",
-                len(rows), conf.estimator, list(conf.thresholds), failed, out_csv)
+    logger.info("Estimated %d relative poses (%d unordered pairs) with %s at thresholds %s px (%d failed) into %s",
+                len(rows), len(unique), conf.estimator, list(conf.thresholds), failed, out_csv)
     return rows

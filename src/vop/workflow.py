@@ -32,10 +32,16 @@ def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> 
         for method in dataset.conf.methods:
             if method not in confs:
                 raise ConfigError(f"{where}.methods names {method!r}, which is not under `methods:`")
-            if confs[method].needs == "overlap" and not dataset.has_poses:
-                raise ConfigError(f"{where}.methods: {method!r} needs ground-truth overlap, which a "
-                                  f"`{dataset.conf.source}` dataset does not have; remove it")
+            first = getattr(confs[method], "first_stage", None)  # verify: its first stage runs here too
+            for needs_overlap in (method, first) if first in confs else (method,):
+                if confs[needs_overlap].needs == "overlap" and not dataset.has_poses:
+                    raise ConfigError(f"{where}.methods: {method!r} needs ground-truth overlap, which a "
+                                      f"`{dataset.conf.source}` dataset does not have; remove it")
     for name, conf in confs.items():
+        first = getattr(conf, "first_stage", None)
+        if first is not None and (first not in confs or confs[first].type == "verify"):
+            why = "is not under `methods:`" if first not in confs else "is a verify method itself"
+            raise ConfigError(f"config: methods.{name}.first_stage {first!r} {why}; name a method such as cls or vop")
         encoder = getattr(conf, "encoder", None)
         if encoder is not None and encoder not in encoders:
             raise ConfigError(f"config: methods.{name}.encoder {encoder!r} is not under `encoders:`")

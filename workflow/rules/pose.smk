@@ -1,4 +1,5 @@
-# Pose: local features once per image, then RANSAC relative pose on every retrieved pair.
+# Pose: local features once per image, then RANSAC relative pose on every retrieved pair (matches from the
+# method's shard of the scene's store, matches.smk; each unordered pair estimated once).
 
 
 rule local_features:
@@ -24,15 +25,17 @@ rule local_features:
 
 
 rule pose:
-    """Match, estimate the essential matrix, and score each retrieved pair against ground truth."""
+    """Estimate the essential matrix of each retrieved pair from its stored matches, score it against ground truth."""
     input:
         pairs=rules.retrieve.output.pairs,
         gt=rules.ground_truth.output[0],
         local_features=rules.local_features.output[0],
+        matches=rules.matches.output[0],
     output:
         "results/{dataset}/{scene}/{method}/pose.csv",
     params:
         conf=canonical(config["pose"]),
+        matching=canonical(config["matching"]),
     threads: 2
     resources:
         mem_mb=mem_mb(2000),
