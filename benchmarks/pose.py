@@ -1,22 +1,25 @@
 """Throughput of the pose stage: the straightforward loop against the stage as the workflow runs it.
 
-A synthetic scene (the demo's renderer, 640x480, SIFT up to 4096 keypoints) gives the images; every image
-is paired with the `--neighbours` images it overlaps most (what the oracle retrieves; the demo retrieves 5),
-in register mode, so many pairs come both ways. Both variants compute the same rows:
+The scene is a demo scene of a finished run (`--scene`, default results/demo/courtyard_a: its gt.h5,
+local_features.h5 and every method's pairs.txt, 720 pairs), or else a synthetic one rendered here (the
+demo's renderer, 24 images of 640x480, SIFT up to 4096 keypoints) with two pairs lists, each image's 5 most
+overlapping images and 5 random ones. The whole pose stage of the scene, every method's pairs, in two ways
+that must give the same rows:
 
-- the straightforward loop: pair after pair in this process, with OpenCV and BLAS at their default
-  threading: match the pair in its canonical orientation (vop.matching.match_descriptors, numpy), estimate
-  at every RANSAC threshold of the sweep, invert the estimate where the query is the pair's second image;
-- the stage: the matches rule (vop.match_store.build_store: each unordered pair once, batched matrix
-  products in torch) then the pose rule (vop.pose.estimate_poses: each unordered pair estimated once, RANSAC
-  in 2 single-threaded worker processes, rows from the shared estimates).
+- the straightforward loop: method after method, pair after pair, in this process with OpenCV and BLAS at
+  their default threading: match the pair in its canonical orientation (vop.matching.match_descriptors,
+  numpy), estimate at every RANSAC threshold of the sweep, invert the estimate where the query is the
+  pair's second image;
+- the stage: per method the matches rule (vop.match_store.build_scene_shard: each unordered pair matched
+  once per scene, batched matrix products in torch) and the pose rule (vop.pose.estimate_scene_poses: each
+  unordered pair estimated once per scene, RANSAC in `--workers` single-threaded worker processes).
 
-Every variant must give the same rows. Then: the matchings that sharing pairs saves across the methods of
-a finished demo run (`--demo-results`, its pairs files; before, every method's pose job matched every one
-of its pairs), and the batched matcher alone on `--matching-pairs` pairs of 4096-keypoint SIFT, on CUDA
-when present, against the per-pair matcher (run on a subset on the CPU), with the identical-matches check.
+Then: the matchings that sharing pairs saves across the methods of a finished demo run (`--demo-results`;
+before, every method's pose job matched every one of its pairs), and the batched matcher alone on
+`--matching-pairs` pairs of 4096-keypoint SIFT, on CUDA when present, against the per-pair matcher (on a few
+of them, on the CPU), with the identical-matches check.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/pose.py --images 24 --neighbours 5 --repeats 2
+    PYTHONPATH=src .venv/bin/python benchmarks/pose.py --repeats 2 --matching-pairs 40
 """
 
 from __future__ import annotations
@@ -29,19 +32,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the matches rule sets it (scripts/matches.py)
 
-from vop.conf import LocalFeaturesConf, PoseConf
-from vop.datasets import open_scene, synthetic
-from vop.estimation import estimate_relative_pose_sweep
-from vop.geometry import relative_pose_error
-from vop.io import read_gt, read_pairs, write_pairs
-from vop.local_features import extract_local_features, read_local_features
-from vop.match_store import build_store, canonical_pair, unique_pairs
-from vop.matching import match_descriptors, match_pairs
-from vop.pose import estimate_poses
-from vop.utils import l2_normalize, resolve_device
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vop.conf import LocalFeaturesConf, PoseConf  # noqa: E402
+from vop.datasets import open_scene, synthetic  # noqa: E402
+from vop.estimation import estimate_relative_pose_sweep  # noqa: E402
+from vop.geometry import relative_pose_error  # noqa: E402
+from vop.io import read_gt, read_pairs, write_pairs  # noqa: E402
+from vop.local_features import extract_local_features, read_local_features  # noqa: E402
+from vop.match_store import build_scene_shard, canonical_pair, unique_pairs  # noqa: E402
+from vop.matching import match_descriptors, match_pairs  # noqa: E402
+from vop.pose import estimate_scene_poses  # noqa: E402
+from vop.utils import l2_normalize, resolve_device  # noqa: E402
 
 
 def sequential_loop(pairs, gt, features_h5, thresholds, estimator, ratio):
@@ -135,10 +140,50 @@ def matching_throughput(features, num_pairs: int, device: str | None, check: int
           f"{equal}/{check}")
 
 
+def synthetic_scene(tmp: Path, images: int, max_keypoints: int):
+    """A rendered scene with two pairs lists: each image's 5 most overlapping images, and 5 random ones."""
+    synthetic.generate_scene(tmp / "scene", seed=7, num_images=images)
+    open_scene("synthetic", tmp, "scene").write_ground_truth(tmp / "gt.h5")
+    gt = read_gt(tmp / "gt.h5")
+    extract_local_features(tmp / "scene" / "images", gt.names, tmp / "local.h5",
+                           LocalFeaturesConf(max_keypoints=max_keypoints))
+    n = len(gt.names)
+    overlap = np.array(gt.overlap, np.float64)
+    np.fill_diagonal(overlap, -1.0)
+    ranked = np.argsort(-overlap, axis=1, kind="stable")[:, :5]
+    rng = np.random.default_rng(0)
+    random = [rng.permutation([j for j in range(n) if j != i])[:5] for i in range(n)]
+    methods = {"oracle": [(gt.names[i], gt.names[j]) for i in range(n) for j in ranked[i]],
+               "random": [(gt.names[i], gt.names[j]) for i in range(n) for j in random[i]]}
+    return tmp / "gt.h5", tmp / "local.h5", methods
+
+
+def demo_scene(scene: Path):
+    """A demo scene of a finished run: every method's pairs."""
+    methods = {p.parent.name: read_pairs(p) for p in sorted(scene.glob("*/pairs.txt"))}
+    return scene / "gt.h5", scene / "local_features.h5", methods
+
+
+def run_stage(work: Path, gt_h5: Path, local_h5: Path, methods: dict, conf: PoseConf, workers: int, device):
+    """The rules' code, method after method, in a fresh scene folder: {method: rows}, matching seconds."""
+    rows, matching = {}, 0.0
+    scene = work / "scene"
+    for method, pairs in methods.items():
+        write_pairs(scene / method / "pairs.txt", pairs)
+        start = time.perf_counter()
+        build_scene_shard(scene / method / "matches.h5", [scene / method / "pairs.txt"], local_h5, device=device)
+        matching += time.perf_counter() - start
+        rows[method] = estimate_scene_poses(pairs, gt_h5, local_h5, scene / method / "pose.csv",
+                                            scene / method / "poses.h5", conf, num_workers=workers,
+                                            matches_h5=scene / method / "matches.h5")
+    return rows, matching
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--neighbours", type=int, default=5)
+    parser.add_argument("--scene", type=Path, default=Path("results/demo/courtyard_a"),
+                        help="a demo scene of a finished run (else a synthetic scene is rendered)")
+    parser.add_argument("--images", type=int, default=24, help="images of the synthetic scene")
     parser.add_argument("--estimator", default="opencv")
     parser.add_argument("--max_keypoints", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per variant")
@@ -151,43 +196,34 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthetic.generate_scene(tmp / "scene", seed=7, num_images=args.images)
-        open_scene("synthetic", tmp, "scene").write_ground_truth(tmp / "gt.h5")
-        gt = read_gt(tmp / "gt.h5")
-        extract_local_features(tmp / "scene" / "images", gt.names, tmp / "local.h5",
-                               LocalFeaturesConf(max_keypoints=args.max_keypoints))
-        n = len(gt.names)
-        overlap = np.array(gt.overlap, np.float64)
-        np.fill_diagonal(overlap, -1.0)
-        ranked = np.argsort(-overlap, axis=1, kind="stable")[:, :args.neighbours]
-        pairs = [(gt.names[i], gt.names[j]) for i in range(n) for j in ranked[i]]
-        write_pairs(tmp / "pairs.txt", pairs)
+        if (args.scene / "local_features.h5").is_file():
+            gt_h5, local_h5, methods = demo_scene(args.scene)
+            where = f"{args.scene} (a demo scene)"
+        else:
+            gt_h5, local_h5, methods = synthetic_scene(tmp, args.images, args.max_keypoints)
+            where = f"a synthetic scene ({args.scene} has no finished run)"
+        gt = read_gt(gt_h5)
         conf = PoseConf(estimator=args.estimator)
         thresholds = list(conf.thresholds)
-        features = read_local_features(tmp / "local.h5", gt.names)
+        features = read_local_features(local_h5, gt.names)
         sizes = [len(f["keypoints"]) for f in features.values()]
-        print(f"{len(pairs)} pairs ({len(unique_pairs(pairs))} unordered), {n} images of {min(sizes)}-{max(sizes)} "
-              f"keypoints, estimator {args.estimator}, thresholds {thresholds} px, torch threads "
-              f"{torch.get_num_threads()}, device {resolve_device(args.device)}")
+        every = [pair for pairs in methods.values() for pair in pairs]
+        per_method = sum(len(unique_pairs(pairs)) for pairs in methods.values())
+        print(f"{where}: {len(gt.names)} images of {min(sizes)}-{max(sizes)} keypoints; methods "
+              f"{', '.join(methods)}: {len(every)} pairs, {per_method} unordered per method, "
+              f"{len(unique_pairs(every))} unordered in the scene; estimator {args.estimator}, thresholds "
+              f"{thresholds} px, torch threads {torch.get_num_threads()}, device {resolve_device(args.device)}")
 
-        timings: dict[str, float] = {}
-
-        def stage(workers):
-            def run():
-                (tmp / "matches.h5").unlink(missing_ok=True)
-                start = time.perf_counter()
-                build_store(tmp / "matches.h5", [tmp / "pairs.txt"], tmp / "local.h5", device=args.device)
-                timings[f"matches{workers}"] = time.perf_counter() - start
-                return estimate_poses(read_pairs(tmp / "pairs.txt"), gt, tmp / "local.h5", tmp / f"pose{workers}.csv",
-                                      conf, num_workers=workers, matches_h5=tmp / "matches.h5")
-            return run
+        def loop():
+            return {m: sequential_loop(pairs, gt, local_h5, thresholds, args.estimator, 0.8)
+                    for m, pairs in methods.items()}
 
         loop_name = "straightforward loop (default threading)"
-        variants = {
-            loop_name: lambda: sequential_loop(pairs, gt, tmp / "local.h5", thresholds, args.estimator, 0.8),
-            "stage: matches + pose, 1 worker": stage(1),
-            f"stage: matches + pose, {args.workers} workers": stage(args.workers),
-        }
+        variants = {loop_name: lambda: (loop(), math.nan)}
+        for workers in sorted({1, args.workers}):
+            variants[f"stage: matches + pose, {workers} worker{'s' * (workers > 1)}"] = (
+                lambda w=workers: run_stage(Path(tempfile.mkdtemp(dir=tmp)), gt_h5, local_h5, methods, conf, w,
+                                            args.device))
         # Interleaved repeats, best of each: load from other processes hits every variant alike.
         best = {name: (math.inf, math.nan, math.nan) for name in variants}
         rows = {}
@@ -195,24 +231,25 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, run in variants.items():
                 cpu0, start = cpu_seconds(), time.perf_counter()
-                rows[name] = run()
+                rows[name], matching = run()
                 wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
-                matching = timings.get(f"matches{name.split(', ')[-1].split()[0]}", math.nan) if "stage" in name \
-                    else math.nan
                 if wall < best[name][0]:
                     best[name] = (wall, cpu, matching)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         reference = rows[loop_name]
         for name, (wall, cpu, matching) in best.items():
             split = f"  (matching {matching:5.2f} s)" if math.isfinite(matching) else ""
-            print(f"{name:42s} {wall:7.2f} s  {len(pairs) / wall:6.1f} pairs/s  CPU {cpu:6.1f} s{split}"
-                  f"  same rows as the loop: {same_rows(rows[name], reference)}")
-        loop, new = best[loop_name][0], best[f"stage: matches + pose, {args.workers} workers"][0]
-        print(f"ratio: {loop / new:.2f} (the stage with {args.workers} workers against the straightforward loop)")
-        failed = sum(1 for r in reference if not math.isfinite(r[5]))
-        print(f"failed pairs: {failed}; median error {np.median([max(r[5], r[6]) for r in reference]):.2f} deg")
+            same = all(same_rows(rows[name][m], reference[m]) for m in methods)
+            print(f"{name:42s} {wall:7.2f} s  {len(every) / wall:6.1f} pairs/s  CPU {cpu:6.1f} s{split}"
+                  f"  same rows as the loop: {same}")
+        new = best[f"stage: matches + pose, {args.workers} worker{'s' * (args.workers > 1)}"]
+        print(f"ratio: {best[loop_name][0] / new[0]:.2f} (wall), {best[loop_name][1] / new[1]:.2f} (CPU): the stage "
+              f"with {args.workers} workers against the straightforward loop")
+        flat = [r for m in methods for r in reference[m]]
+        failed = sum(1 for r in flat if not math.isfinite(r[5]))
+        print(f"failed pairs: {failed}; median error {np.median([max(r[5], r[6]) for r in flat]):.2f} deg")
 
-        unique = unique_pairs(pairs)
+        unique = unique_pairs(every)
         descriptors = {name: f["descriptors"] for name, f in features.items()}
         start = time.perf_counter()
         match_pairs(descriptors, unique, 0.8, device=args.device)
@@ -221,7 +258,7 @@ def main() -> None:
         for a, b in unique:
             match_descriptors(descriptors[a], descriptors[b], 0.8)
         per_pair = time.perf_counter() - start
-        print(f"matching this scene's {len(unique)} unordered pairs: batched {len(unique) / batched:.1f} pairs/s, "
+        print(f"matching the scene's {len(unique)} unordered pairs: batched {len(unique) / batched:.1f} pairs/s, "
               f"per pair (numpy) {len(unique) / per_pair:.1f} pairs/s")
     saved_matchings(args.demo_results)
     if args.matching_pairs:

@@ -10,9 +10,9 @@ import pytest
 
 import vop.match_store as store
 import vop.pose as pose
-from vop.conf import MatchingConf
+from vop.conf import MatchingConf, PoseConf
 from vop.geometry import relative_pose_error
-from vop.io import GroundTruth, read_pairs, write_pairs
+from vop.io import GroundTruth, read_pairs, write_gt, write_pairs
 from vop.local_features import extract_local_features, read_local_features
 from vop.match_store import build_store, canonical_pair, names_to_pair, read_matches, stored_pairs, update_store
 from vop.matching import match_descriptors
@@ -223,3 +223,37 @@ def test_pose_refuses_a_stale_store(small_scene):
         estimate_poses([("tex1.png", "grey.png")], gt, local, root / "pose.csv", matches_h5=root / "matches.h5",
                        matching=MatchingConf(ratio=0.7))
     assert not (root / "pose.csv").exists()
+
+
+def test_a_scenes_pose_jobs_estimate_each_pair_once(small_scene, monkeypatch):
+    root, images, names, gt, local = small_scene
+    m1 = [("sub/tex0.png", "tex1.png"), ("grey.png", "tex1.png")]
+    m2 = [("tex1.png", "sub/tex0.png"), ("tex1.png", "grey.png"), ("grey.png", "sub/tex0.png")]
+    write_pairs(root / "all.txt", m1 + m2)
+    build_store(root / "matches.h5", [root / "all.txt"], local)
+    scratch1 = estimate_poses(m1, gt, local, root / "s1.csv", num_workers=1, matches_h5=root / "matches.h5")
+    scratch2 = estimate_poses(m2, gt, local, root / "s2.csv", num_workers=1, matches_h5=root / "matches.h5")
+    calls = []
+    real = pose.estimate_relative_pose_sweep
+    monkeypatch.setattr(pose, "estimate_relative_pose_sweep", lambda *a, **k: calls.append(a[2].shape) or real(*a, **k))
+    scene = root / "scene"
+    write_gt(root / "gt.h5", gt)
+    rows1 = pose.estimate_scene_poses(m1, root / "gt.h5", local, scene / "m1" / "pose.csv", scene / "m1" / "poses.h5",
+                                      num_workers=1, matches_h5=root / "matches.h5")
+    assert len(calls) == 2 and rows1 == scratch1
+    rows2 = pose.estimate_scene_poses(m2, root / "gt.h5", local, scene / "m2" / "pose.csv", scene / "m2" / "poses.h5",
+                                      num_workers=2, matches_h5=root / "matches.h5")
+    assert len(calls) == 2 + 1 and rows2 == scratch2  # only (grey, sub/tex0) was new to the scene
+    # another sweep, or other intrinsics: nothing is copied
+    again = estimate_poses(m1, gt, local, root / "x.csv", PoseConf(threshold_px=1.0), num_workers=1,
+                           matches_h5=root / "matches.h5", shared=[scene / "m1" / "poses.h5"])
+    assert len(calls) == 3 + 2 and again[0][4] == 1.0
+    gt.K[1, 0, 0] += 1.0
+    estimate_poses(m1, gt, local, root / "y.csv", num_workers=1, matches_h5=root / "matches.h5",
+                   shared=[scene / "m1" / "poses.h5"])
+    assert len(calls) == 5 + 2
+    # the method's own previous estimates are reused when its job reruns
+    gt.K[1, 0, 0] -= 1.0
+    pose.estimate_scene_poses(m1, root / "gt.h5", local, scene / "m1" / "pose.csv", scene / "m1" / "poses.h5",
+                              num_workers=1, matches_h5=root / "matches.h5")
+    assert len(calls) == 7

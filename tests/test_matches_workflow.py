@@ -48,6 +48,12 @@ def test_each_pair_any_stage_needs_is_matched_once_per_scene(tiny_run):
         assert sum(log["matched"] for log in logs) == len(union)
         assert all(log["needed"] == log["reused"] + log["shared"] + log["matched"] for log in logs)
         assert ordered == 8 * (5 * 3 + 5) and len(union) < 0.3 * ordered
+        # and each unordered pair that some method's poses need is estimated once per scene
+        scene_dir, logs_dir = tiny_run / f"results/tiny/{scene}", tiny_run / f"logs/tiny/{scene}"
+        posed = set(unique_pairs(p for m in METHODS for p in io.read_pairs(scene_dir / m / "pairs.txt")))
+        estimated = [int(re.search(r"(\d+) estimated", (logs_dir / m / "pose.log").read_text()).group(1))
+                     for m in METHODS]
+        assert sum(estimated) == len(posed)
 
 
 def test_verify_ranks_by_the_inliers_of_the_stored_matches(tiny_run):

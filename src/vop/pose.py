@@ -24,11 +24,12 @@ import numpy as np
 import threadpoolctl
 
 from vop.conf import MatchingConf, PoseConf
+from vop.estimates import estimate_key, read_estimates, write_estimates
 from vop.estimation import ESTIMATORS, estimate_relative_pose_sweep
 from vop.geometry import relative_pose_error
 from vop.io import POSE_COLUMNS, GroundTruth, read_gt, write_csv
 from vop.local_features import read_local_features
-from vop.match_store import Pair, canonical_pair, read_matches, unique_pairs
+from vop.match_store import Pair, canonical_pair, feature_digest, read_matches, scene_lock, unique_pairs
 from vop.matching import match_pairs
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ def pair_matches(pairs: Sequence[Pair], features: dict[str, dict[str, np.ndarray
 def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Path,
                    local_features_h5: str | Path, out_csv: str | Path, conf: PoseConf = PoseConf(),
                    num_workers: int = 2, gt_path: str | Path | None = None, matches_h5: str | Path | None = None,
-                   matching: MatchingConf = MatchingConf(), device: str | None = None) -> list[list]:
+                   matching: MatchingConf = MatchingConf(), device: str | None = None,
+                   estimates_h5: str | Path | None = None, shared: Sequence[str | Path] = ()) -> list[list]:
     """Estimate and score every (query, db) pair, in order; write `pose.csv` atomically.
 
     `gt` is a GroundTruth or the path of a gt.h5 (`gt_path` only names the file in error messages).
@@ -163,9 +165,11 @@ def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Pat
     store `matches_h5` (vop.match_store, written with `matching`) or, without it, are matched here on
     `device`. Each unordered pair is estimated once, in its canonical orientation, at every threshold of
     `conf.threshold_px` (the `threshold` column records the one kept); (b,a) is scored with the inverse of
-    (a,b)'s estimate. Every pair gets a row: a pair whose estimation failed (too few matches, e.g. a
-    textureless image, or a degenerate configuration) has 0 inliers, no threshold and inf errors. Returns
-    the rows. `num_workers` processes share the pairs, each single-threaded; 1 runs them here on one thread.
+    (a,b)'s estimate. Estimates made from the same inputs are copied from `estimates_h5` (the previous run's)
+    and the `shared` files (other methods' of the scene: vop.estimates) instead; `estimates_h5` then gets
+    this run's. Every pair gets a row: a pair whose estimation failed (too few matches, e.g. a textureless
+    image, or a degenerate configuration) has 0 inliers, no threshold and inf errors. Returns the rows.
+    `num_workers` processes share the pairs, each single-threaded; 1 runs them here on one thread.
     """
     if conf.estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {conf.estimator!r}; choose one of {sorted(ESTIMATORS)} "
@@ -180,11 +184,37 @@ def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Pat
     features = read_local_features(local_features_h5, names)
     _check_image_sizes(features, gt, index, local_features_h5, gt_path)
     unique = unique_pairs(pairs)
-    matches = pair_matches(unique, features, matching, matches_h5, local_features_h5, device)
-    estimates = dict(zip(unique, run_pairs(PoseTask(features, gt, index, conf, matches), unique, num_workers)))
+    estimates: dict[Pair, tuple] = {}
+    keys: dict[Pair, str] = {}
+    if estimates_h5 is not None or shared:
+        digests = {name: feature_digest(features[name]) for name in names}
+        keys = {(a, b): estimate_key(digests[a], digests[b], gt.K[index[a]], gt.K[index[b]], matching, conf)
+                for a, b in unique}
+        caches = ([str(estimates_h5)] if estimates_h5 is not None else []) + [str(p) for p in shared]
+        estimates, _ = read_estimates(list(dict.fromkeys(caches)), keys)
+    todo = [pair for pair in unique if pair not in estimates]
+    matches = pair_matches(todo, features, matching, matches_h5, local_features_h5, device)
+    estimates.update(zip(todo, run_pairs(PoseTask(features, gt, index, conf, matches), todo, num_workers)))
     rows = [pose_row(q, d, estimates[canonical_pair(q, d)], gt, index) for q, d in pairs]
     write_csv(out_csv, POSE_COLUMNS, rows)
+    if estimates_h5:
+        write_estimates(estimates_h5, {pair: estimates[pair] for pair in unique}, keys)
     failed = sum(1 for r in rows if not math.isfinite(r[5]))
-    logger.info("Estimated %d relative poses (%d unordered pairs) with %s at thresholds %s px (%d failed) into %s",
-                len(rows), len(unique), conf.estimator, list(conf.thresholds), failed, out_csv)
+    logger.info("Estimated %d relative poses (%d unordered pairs: %d estimated, %d copied from earlier estimates) "
+                "with %s at thresholds %s px (%d failed) into %s", len(rows), len(unique), len(todo),
+                len(unique) - len(todo), conf.estimator, list(conf.thresholds), failed, out_csv)
     return rows
+
+
+def estimate_scene_poses(pairs: Sequence[tuple[str, str]], gt_h5: str | Path, local_features_h5: str | Path,
+                         out_csv: str | Path, estimates_h5: str | Path, conf: PoseConf = PoseConf(),
+                         num_workers: int = 2, matches_h5: str | Path | None = None,
+                         matching: MatchingConf = MatchingConf()) -> list[list]:
+    """The rule's `estimate_poses`: a method's poses in results/{dataset}/{scene}/{method}/, sharing the
+    estimates of the scene's other methods (their poses.h5), in turns under the scene's lock."""
+    estimates_h5 = Path(estimates_h5)
+    scene_dir = estimates_h5.parent.parent
+    with scene_lock(scene_dir / f".{estimates_h5.name}.lock"):
+        shared = sorted(scene_dir.glob(f"*/{estimates_h5.name}"))
+        return estimate_poses(pairs, gt_h5, local_features_h5, out_csv, conf, num_workers, gt_h5, matches_h5,
+                              matching, estimates_h5=estimates_h5, shared=shared)

@@ -1,5 +1,6 @@
 # Pose: local features once per image, then RANSAC relative pose on every retrieved pair (matches from the
-# method's shard of the scene's store, matches.smk; each unordered pair estimated once).
+# method's shard of the scene's store, matches.smk), each unordered pair estimated once per scene: a pose
+# job copies the estimates of the scene's other methods made from the same inputs (vop.estimates).
 
 
 rule local_features:
@@ -25,7 +26,8 @@ rule local_features:
 
 
 rule pose:
-    """Estimate the essential matrix of each retrieved pair from its stored matches, score it against ground truth."""
+    """Estimate the essential matrix of each retrieved pair from its stored matches (each unordered pair once per
+    scene), score it against ground truth."""
     input:
         pairs=rules.retrieve.output.pairs,
         gt=rules.ground_truth.output[0],
@@ -33,6 +35,8 @@ rule pose:
         matches=rules.matches.output[0],
     output:
         "results/{dataset}/{scene}/{method}/pose.csv",
+        # the estimates it scored, which the scene's other pose jobs copy instead of estimating (vop.estimates)
+        estimates=update("results/{dataset}/{scene}/{method}/poses.h5"),
     params:
         conf=canonical(config["pose"]),
         matching=canonical(config["matching"]),
