@@ -33,7 +33,7 @@ PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 SLURM_TOOLS = ["munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "srun", "scontrol", "sinfo", "scancel"]
 PARTITION, ACCOUNT = "vopdebug", "vopacct"
-GPU_RULES = ["features", "train_encoder", "embeddings", "retrieve"]
+GPU_RULES = ["features", "train_encoder", "embeddings", "retrieve", "first_stage", "matches"]
 # slurm clients look here when SLURM_CONF is not set: the plugin's job step drops SLURM_* variables
 # before its inner `srun`, which then finds the configuration the way it does on a configless node
 RUN_CONF = Path("/run/slurm/conf")

@@ -17,6 +17,7 @@ and retrieval.json.
 
 from __future__ import annotations
 
+import csv
 import logging
 import zlib
 from collections.abc import Callable, Sequence
@@ -186,8 +187,6 @@ def write_outputs(ranking: Ranking, names: Sequence[str], out_dir: str | Path, p
 
 def read_ranking(scores_csv: str | Path, names: Sequence[str]) -> Ranking:
     """The Ranking a method wrote into scores.csv (`write_outputs`), indices into `names`."""
-    import csv
-
     index = {n: i for i, n in enumerate(names)}
     ranks: dict[str, list[tuple[int, int, float, float]]] = {}
     with open(scores_csv, newline="") as f:

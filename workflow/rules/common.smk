@@ -31,7 +31,7 @@ def canonical(value):
 def mem_mb(base):
     """A rule's memory request: `base` MB on the first attempt, times the attempt on each retry
     (profiles/slurm sets `retries`), so a job killed for memory comes back with more. Every rule of
-    the demo peaks below 0.7 GB (benchmarks/job_resources.py); the bases leave room for real scenes."""
+    the demo peaks below 0.75 GB (benchmarks/job_resources.py); the bases leave room for real scenes."""
     return lambda wildcards, attempt: base * attempt
 
 
