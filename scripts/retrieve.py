@@ -1,7 +1,7 @@
 """Rule retrieve: pairs.txt, scores.csv and retrieval.json of one method on one scene."""
 from pathlib import Path
 
-from vop.conf import method_conf
+from vop.conf import MatchingConf, method_conf
 from vop.retrieval import run_method
 from vop.utils import setup_logging
 
@@ -17,4 +17,10 @@ run_method(
     queries=snakemake.params.mode.get("queries"),
     info={"backbone": snakemake.params.backbone},
     k=snakemake.params.mode.get("k"),  # a dataset's depth (a protocol's), replacing the method's k
+    # verify only: its first stage's ranking, the matches store (and the conf it was written with), features
+    first_stage_scores=snakemake.input.get("first_stage"),
+    matches_h5=snakemake.input.get("matches"),
+    local_features_h5=snakemake.input.get("local_features"),
+    matching=MatchingConf.from_dict(snakemake.params.matching or {}, "matching"),
+    num_workers=snakemake.threads,
 )

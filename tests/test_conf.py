@@ -37,6 +37,7 @@ def schema_blocks():
     blocks = {
         "labels": (p["labels"], conf.LabelsConf),
         "local_features": (p["local_features"], conf.LocalFeaturesConf),
+        "matching": (p["matching"], conf.MatchingConf),
         "pose": (p["pose"], conf.PoseConf),
         "metrics": (p["metrics"], conf.MetricsConf),
         "triangulation": (p["triangulation"], conf.TriangulationConf),
@@ -119,7 +120,7 @@ def test_from_dict_names_the_key_and_suggests_the_fix():
         conf.method_conf({"type": "vopp", "k": 5}, "methods.x")
     pose = conf.PoseConf.from_dict({"threshold_px": [1, 2]})
     assert pose.thresholds == (1.0, 2.0) and conf.PoseConf.from_dict({"threshold_px": 1.5}).thresholds == (1.5,)
-    assert pose.to_dict() == {"estimator": "opencv", "threshold_px": [1, 2], "ratio": 0.8}
+    assert pose.to_dict() == {"estimator": "opencv", "threshold_px": [1, 2]}
     train = conf.EncoderConf.from_dict({"type": "vop", "backbone": "dense_sift", "train": {"datasets": ["d"]}})
     assert isinstance(train.train, conf.TrainConf) and train.train.datasets == ("d",)
 
