@@ -86,8 +86,9 @@ def test_replacing_an_image_reruns_exactly_what_reads_it(own_run):
     replace_image(image)
     out = snakemake(work, "-n", "results/own/auc.csv")
     # the scene's two image readers, the retrieval that reads features (not oracle's or random's, which read
-    # gt.h5 only), every method's poses (local features changed) and the table; nothing of scene b, no gt.h5
-    assert job_counts(out) == {"features": 1, "local_features": 1, "retrieve": 1, "pose": 3, "auc_table": 1}, out
+    # gt.h5 only), every method's matches and poses (local features changed) and the table; nothing of scene b, no gt.h5
+    assert job_counts(out) == {"features": 1, "local_features": 1, "retrieve": 1, "matches": 3, "pose": 3,
+                               "auc_table": 1}, out
     outputs = dry_run_outputs(out)
     assert "results/own/a/features-dense_sift.h5" in outputs and "results/own/a/local_features.h5" in outputs
     assert "results/own/a/cls/pairs.txt" in outputs and not any("/b/" in o for o in outputs)

@@ -133,12 +133,12 @@ def test_run_summary_rule_and_command_equal_the_benchmark_files(tiny_run, capsys
     assert {"features", "patch_labels", "train_encoder", "retrieve", "pose", "plots"} <= set(seconds)
     for rule, s in seconds.items():
         assert table.loc[rule, "wall_s"] == pytest.approx(s, abs=0.006), rule
-    assert table.loc["all", "jobs"] == len(files) and table.loc["pose", "jobs"] == 10  # 5 methods x 2 scenes
+    assert table.loc["all", "jobs"] == len(files) and table.loc["pose", "jobs"] == 12  # 6 methods x 2 scenes
     assert table.loc["all", "wall_s"] == pytest.approx(sum(seconds.values()), abs=0.01)
 
     assert vop_main(["summary", str(tiny_run / "results/tiny"), str(tiny_run / "results/tiny_train")]) == 0
     out = capsys.readouterr().out
     pose = next(line for line in out.splitlines() if line.startswith("pose "))
-    assert pose.split()[:3] == ["pose", "10", f"{table.loc['pose', 'wall_s']:.1f}"]
+    assert pose.split()[:3] == ["pose", "12", f"{table.loc['pose', 'wall_s']:.1f}"]
     page = (tiny_run / "results/tiny/run_summary.html").read_text()
     assert 'class="dataframe vop-run-summary"' in page

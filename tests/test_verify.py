@@ -188,5 +188,5 @@ def test_verify_config_errors_name_the_key():
         load_datasets(config)
     config["methods"]["verify"]["first_stage"] = "oracle"  # needs overlap, which a folder dataset lacks
     config["datasets"]["photos"] = {"source": "folder", "root": "x", "backbone": "dense_sift", "methods": ["verify"]}
-    with pytest.raises(ConfigError, match=r"datasets\.photos\.methods: 'verify' needs ground-truth overlap"):
+    with pytest.raises(ConfigError, match=r"datasets\.photos\.methods\[0\]: 'verify' needs ground-truth overlap"):
         load_datasets(config)

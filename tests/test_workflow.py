@@ -221,9 +221,13 @@ PROGRESS = re.compile(r" INFO vop\.[\w.]+: (?P<desc>[\w -]+): (?P<done>\d+)/(?P<
     ("logs/tiny/room_a/embeddings-vop_tiny.log", "embeddings", "images"),
     ("logs/tiny/room_a/vop/retrieve.log", "voting", "image pairs"),
     ("logs/tiny/room_a/local_features.log", "local features", "images"),
-    ("logs/tiny/room_a/vop/pose.log", "pose", "pairs"),
+    ("logs/tiny/room_a/*/pose.log", "pose", "pairs"),
 ])
 def test_long_stages_log_progress_with_a_rate_and_time_left(tiny_run, log, desc, unit):
+    if "*" in log:  # a scene's methods share their pose estimates: whichever method's job runs first estimates
+        logs = sorted(tiny_run.glob(log))  # the most pairs (the later ones only theirs not seen yet)
+        assert len(logs) > 1
+        log = max(logs, key=lambda p: sum(map(bool, map(PROGRESS.search, p.read_text().splitlines())))).relative_to(tiny_run)
     text = (tiny_run / log).read_text()
     assert "\r" not in text  # log lines, not a bar's carriage returns
     found = [m for m in map(PROGRESS.search, text.splitlines()) if m and m["desc"] == desc]
