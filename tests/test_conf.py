@@ -39,6 +39,7 @@ def schema_blocks():
         "local_features": (p["local_features"], conf.LocalFeaturesConf),
         "pose": (p["pose"], conf.PoseConf),
         "metrics": (p["metrics"], conf.MetricsConf),
+        "software": (p["software"], conf.SoftwareConf),
         "backbones.<name>": (p["backbones"]["additionalProperties"], conf.BackboneConf),
         "encoders.<vop>": (vop_encoder, conf.EncoderConf),
         "encoders.<vop>.train": (vop_encoder["properties"]["train"], conf.TrainConf),

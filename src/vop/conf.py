@@ -128,9 +128,10 @@ class DatasetConf(Conf):
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConf(Conf):
-    """`backbones.<name>`: weights (a file, a Hugging Face folder, hf, hub, random; null: local caches)."""
+    """`backbones.<name>`: weights (auto: the local caches, then a download; a file, a Hugging Face
+    folder, hf, hub, random; null: the local caches only)."""
 
-    weights: str | None = None
+    weights: str | None = "auto"
     batch_size: int = 16
 
 
@@ -281,12 +282,19 @@ class MetricsConf(Conf):
     overlap_tau: float = 0.1
 
 
+@dataclass(frozen=True, kw_only=True)
+class SoftwareConf(Conf):
+    """`software`: the conda env of the GPU rules (the workflow reads it; no stage does)."""
+
+    gpu_env: bool = False
+
+
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
-                                      "pose": PoseConf, "metrics": MetricsConf}
+                                      "pose": PoseConf, "metrics": MetricsConf, "software": SoftwareConf}
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
     "LocalFeaturesConf", "METHOD_CONFS", "MethodConf", "MetricsConf", "OracleConf", "PoseConf", "RandomConf",
-    "STAGE_CONFS", "SyntheticConf", "TrainConf", "VopConf", "method_conf",
+    "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "VopConf", "method_conf",
 ]

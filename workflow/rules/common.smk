@@ -15,6 +15,8 @@ METHODS = config["methods"]
 ENCODERS = config["encoders"]
 TRAINED_ENCODERS = [name for name, enc in ENCODERS.items() if "train" in enc]
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
+# the conda env of the rules that declare gpu=1 (--software-deployment-method conda)
+GPU_ENV = "../../envs/vop-gpu.yaml" if config["software"]["gpu_env"] else "../../envs/vop.yaml"
 
 
 def canonical(value):

@@ -48,7 +48,7 @@ rule train_encoder:
     benchmark:
         "logs/encoders/{encoder}/train_encoder.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/train_encoder.py"
 
@@ -69,6 +69,6 @@ rule embeddings:
     benchmark:
         "logs/{dataset}/{scene}/embeddings-{encoder}.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/embeddings.py"

@@ -21,6 +21,6 @@ rule features:
     benchmark:
         "logs/{dataset}/{scene}/features-{backbone}.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/features.py"

@@ -21,6 +21,6 @@ rule retrieve:
     benchmark:
         "logs/{dataset}/{scene}/{method}/retrieve.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/retrieve.py"
