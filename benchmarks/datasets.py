@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from vop import geometry
-from vop.datasets.folder import image_size
+from vop.images import image_size
 
 
 def pose_overlap_per_pair(K, T, size, grid=16, max_angle=60.0):

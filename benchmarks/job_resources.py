@@ -4,7 +4,8 @@ rule asks SLURM for: the numbers the `threads`/`mem_mb` of workflow/rules/*.smk 
     .venv/bin/snakemake --cores all results/demo/auc.csv
     .venv/bin/python benchmarks/job_resources.py            # in the run's working directory
 
-Rule names come from the benchmark paths (logs/<dataset>/<scene>/<rule>[-<backbone|encoder>].benchmark.tsv).
+Rule names come from the benchmark paths (logs/<dataset>/<scene>/<rule>[-<backbone|encoder>].benchmark.tsv),
+read by vop.summary, which `vop summary results/<dataset>` prints per dataset.
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from vop.summary import read_benchmarks
+
 
 def measured(log_dir: Path) -> pd.DataFrame:
-    rows = []
-    for path in sorted(log_dir.rglob("*.benchmark.tsv")):
-        rule = path.name.removesuffix(".benchmark.tsv").split("-")[0]
-        table = pd.read_csv(path, sep="\t")
-        rows.append({"rule": rule, "s": table["s"].max(), "max_rss": table["max_rss"].max()})
-    if not rows:
+    jobs = read_benchmarks([log_dir])
+    if not jobs:
         sys.exit(f"no *.benchmark.tsv under {log_dir}: run the workflow first")
     return (
-        pd.DataFrame(rows)
+        pd.DataFrame([{"rule": j.rule, "s": j.seconds, "max_rss": j.max_rss_mb} for j in jobs])
         .groupby("rule")
         .agg(jobs=("s", "size"), max_s=("s", "max"), max_rss_mb=("max_rss", "max"))
         .round(1)

@@ -16,4 +16,5 @@ run_method(
     mode=snakemake.params.mode["mode"],
     queries=snakemake.params.mode.get("queries"),
     info={"backbone": snakemake.params.backbone},
+    k=snakemake.params.mode.get("k"),  # a dataset's depth (a protocol's), replacing the method's k
 )

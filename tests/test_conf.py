@@ -39,6 +39,7 @@ def schema_blocks():
         "local_features": (p["local_features"], conf.LocalFeaturesConf),
         "pose": (p["pose"], conf.PoseConf),
         "metrics": (p["metrics"], conf.MetricsConf),
+        "triangulation": (p["triangulation"], conf.TriangulationConf),
         "software": (p["software"], conf.SoftwareConf),
         "backbones.<name>": (p["backbones"]["additionalProperties"], conf.BackboneConf),
         "encoders.<vop>": (vop_encoder, conf.EncoderConf),
@@ -48,8 +49,10 @@ def schema_blocks():
     for source in ("synthetic", "colmap", "folder"):
         then = branch(datasets, "source", source)
         blocks[f"datasets.<{source}>"] = (then, reader_class(source).Options)
-    blocks["datasets.<synthetic>.synthetic"] = (branch(datasets, "source", "synthetic")["properties"]["synthetic"],
-                                                conf.SyntheticConf)
+    synthetic_block = branch(datasets, "source", "synthetic")["properties"]["synthetic"]
+    blocks["datasets.<synthetic>.synthetic"] = (resolve(synthetic_block), conf.SyntheticConf)
+    for source in ("vpr", "image_list", "synthetic_vpr", "synthetic_revisitop", "synthetic_image_list"):
+        blocks[f"datasets.<{source}>"] = (branch(datasets, "source", source), reader_class(source).Options)
     for kind, method in conf.METHOD_CONFS.items():
         then = branch(methods, "type", kind)
         props = {**methods["properties"], **then["properties"]}  # type and k live at the entry's top
@@ -104,11 +107,16 @@ def test_the_shipped_config_builds_every_conf():
 
 
 def test_from_dict_names_the_key_and_suggests_the_fix():
-    with pytest.raises(ConfigError, match=r"^config: methods\.vop\.prefiltr: unknown key \(did you mean `prefilter`"):
+    with pytest.raises(ConfigError) as info:
         conf.method_conf({"type": "vop", "k": 5, "encoder": "e", "prefiltr": 20}, "methods.vop")
-    with pytest.raises(ConfigError, match=r"methods\.vop\.prefilter: required key missing"):
+    assert str(info.value).splitlines()[0] == "methods.vop.prefiltr: unknown key; did you mean 'prefilter'?"
+    assert str(info.value).splitlines()[1].startswith("  allowed here: type, k, ivf_min_images, ivf_nprobe, encoder")
+    assert info.value.path == ("methods", "vop", "prefiltr")
+    with pytest.raises(ConfigError, match=r"^methods\.vop\.prefilter: missing; this key is required\n"
+                                          r"  methods\.vop has: type, k, encoder$"):
         conf.method_conf({"type": "vop", "k": 5, "encoder": "e"}, "methods.vop")
-    with pytest.raises(ConfigError, match=r"methods\.x\.type: unknown method type 'vopp' \(did you mean `vop`\?\)"):
+    with pytest.raises(ConfigError, match=r"^methods\.x\.type: 'vopp' is not a method type; did you mean 'vop'\?\n"
+                                          r"  allowed: cls, vop, oracle, random$"):
         conf.method_conf({"type": "vopp", "k": 5}, "methods.x")
     pose = conf.PoseConf.from_dict({"threshold_px": [1, 2]})
     assert pose.thresholds == (1.0, 2.0) and conf.PoseConf.from_dict({"threshold_px": 1.5}).thresholds == (1.5,)
@@ -120,5 +128,41 @@ def test_from_dict_names_the_key_and_suggests_the_fix():
 def test_a_dataset_key_of_another_source_is_named():
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["datasets"]["demo"]["model"] = "sparse"  # a colmap key on a synthetic dataset
-    with pytest.raises(ConfigError, match=r"datasets\.demo\.model: not a key of a `synthetic` dataset"):
+    with pytest.raises(ConfigError, match=r"^datasets\.demo\.model: not a key of a `synthetic` dataset; did you mean "
+                                          r"'mode'\?\n  allowed here: source, backbone, methods, root, .*, synthetic$"):
         load_datasets(config)
+
+
+def _load_error(config) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_datasets(config)
+    return str(info.value).splitlines()
+
+
+def test_cross_references_lead_with_the_key_and_the_fix():
+    fresh = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["datasets"]["demo"]["backbone"] = "dense_sif"
+    assert _load_error(config) == [
+        "datasets.demo.backbone: 'dense_sif' is not under `backbones:`; did you mean 'dense_sift'?",
+        "  under `backbones:` now: dense_sift, dinov2_vitl14; name one of them or add 'dense_sif' there"]
+    config["datasets"]["demo"] = dict(fresh["datasets"]["demo"], methods=["vop", "vopp"])
+    assert _load_error(config)[0] == "datasets.demo.methods[1]: 'vopp' is not under `methods:`; did you mean 'vop'?"
+    config["datasets"]["demo"] = fresh["datasets"]["demo"]
+    config["methods"]["vop"]["encoder"] = "vop_sitf"
+    assert _load_error(config)[0] == ("methods.vop.encoder: 'vop_sitf' is not under `encoders:`; "
+                                      "did you mean 'vop_sift'?")
+    config["methods"]["vop"]["encoder"] = "vop_sift"
+    config["encoders"]["vop_sift"]["train"]["datasets"] = ["demo_trian"]
+    assert _load_error(config)[0] == ("encoders.vop_sift.train.datasets[0]: 'demo_trian' is not under `datasets:`; "
+                                      "did you mean 'demo_train'?")
+    config["encoders"]["vop_sift"]["train"]["datasets"] = ["mary_rose"]  # a COLMAP model: no depth maps
+    assert _load_error(config) == [
+        "encoders.vop_sift.train.datasets[0]: 'mary_rose' has no depth maps to train from; name a dataset with depth",
+        "  datasets with depth here: demo, demo_train, eth3d, megadepth (sources with depth: synthetic, eth3d, "
+        "megadepth)"]
+    config["encoders"]["vop_sift"]["train"]["datasets"] = ["demo_train"]
+    config["datasets"]["photos"] = {"source": "folder", "root": "photos", "backbone": "dense_sift",
+                                    "methods": ["cls", "oracle"]}
+    assert _load_error(config) == ["datasets.photos.methods[1]: 'oracle' needs ground-truth overlap, which a `folder` "
+                                   "dataset does not have; remove it from the list"]

@@ -1,6 +1,7 @@
 """Readers on small fixtures written in each dataset's native layout: MegaDepth, InLoc, colmap, folder."""
 
 import io
+import logging
 import pickle
 import shutil
 import zipfile
@@ -13,17 +14,18 @@ import pytest
 
 from vop import labels
 from vop.cli import main as vop_main
-from vop.conf import LabelsConf
+from vop.conf import LabelsConf, TriangulationConf
 from vop.datasets import (
     NoDepthError,
     eth3d,
-    folder,
     megadepth,
     open_scene,
     synthetic,
 )
 from vop.geometry import pose_overlap
-from vop.io import read_gt
+from vop.images import image_size
+from vop.io import read_gt, read_pairs, write_pairs
+from vop.local_features import extract_local_features
 
 
 @pytest.fixture(scope="module")
@@ -196,16 +198,49 @@ def test_colmap_scene_text_and_binary(synthetic_root, tmp_path, fmt):
         scene.ground_truth()
 
 
-def test_colmap_scene_without_points_estimates_overlap_from_poses(synthetic_root, tmp_path, caplog):
+def test_colmap_select_keeps_part_of_a_capture(synthetic_root, tmp_path):
+    room = open_scene("eth3d", synthetic_root, "room")
+    shutil.copytree(room.model_dir, tmp_path / "sparse")
+    shutil.copytree(room.image_dir, tmp_path / "images")
+    full = open_scene("colmap", tmp_path).ground_truth()
+    part = open_scene("colmap", tmp_path, None, select=["*_000[0-2].JPG", "*/IMG_0005.JPG"])
+    names = [n for n in full.names if n[-5] in "0125"]
+    assert part.image_names() == names and len(names) == 4
+    gt = part.ground_truth()
+    keep = [full.index()[n] for n in names]
+    assert gt.names == names
+    np.testing.assert_array_equal(gt.overlap, full.overlap[np.ix_(keep, keep)])
+    np.testing.assert_array_equal(gt.T_w2cam, full.T_w2cam[keep])
+    assert all(np.array_equal(gt.tracks.point_ids[k], full.tracks.point_ids[i]) for k, i in enumerate(keep))
+    (tmp_path / "images" / full.names[3]).unlink()  # not selected: not needed
+    part.ground_truth()
+    with pytest.raises(ValueError, match=r"`select` \['\*.png'\] matches none of its 6 images"):
+        open_scene("colmap", tmp_path, None, select=["*.png"]).image_names()
+
+
+def test_colmap_scene_without_points_falls_back_to_the_pose_overlap(synthetic_root, tmp_path, caplog):
     room = open_scene("eth3d", synthetic_root, "room")
     model = room.read_model()
     model.delete_all_points2D_and_points3D()
     (tmp_path / "sparse").mkdir()
     model.write_text(str(tmp_path / "sparse"))
     shutil.copytree(room.image_dir, tmp_path / "images")
-    gt = open_scene("colmap", tmp_path).ground_truth()
+    scene = open_scene("colmap", tmp_path)
+    assert scene.needs_tracks() and not room.needs_tracks()
+    assert scene.ground_truth().overlap is None  # the reader gives what the files hold: no points, no overlap
+    with pytest.raises(ValueError, match="without 3D points.*--local-features"):
+        scene.write_ground_truth(tmp_path / "gt.h5")
+    # 96x72 renders: too few SIFT tracks for min_points, so the stage falls back to the pose-only estimate
+    extract_local_features(scene.image_dir, scene.image_names(), tmp_path / "local.h5")
+    with caplog.at_level(logging.WARNING):
+        scene.write_ground_truth(tmp_path / "gt.h5", local_features=tmp_path / "local.h5",
+                                 conf=TriangulationConf(min_points=10**6))
+    assert "falls back to the estimate from the camera poses alone" in caplog.text
+    gt = read_gt(tmp_path / "gt.h5", tracks=True)
+    assert gt.overlap_source == "poses" and gt.tracks is None
+    assert "min_points=1000000" in gt.overlap_info["fallback_reason"]
     ref = eth3d.Eth3dScene(synthetic_root, "room").ground_truth()
-    assert gt.overlap is not None and "overlap estimated from the camera poses" in caplog.text
+    np.testing.assert_allclose(gt.overlap, pose_overlap(ref.K, ref.T_w2cam, ref.image_size))
     assert np.allclose(gt.overlap, gt.overlap.T) and (np.diag(gt.overlap) == 1).all()
     # the estimate agrees with the co-visibility about which pairs overlap at all
     i, j = np.triu_indices(len(gt.names), 1)
@@ -251,7 +286,7 @@ def test_folder_of_images(tmp_path):
     scene.write_ground_truth(tmp_path / "gt.h5")
     assert read_gt(tmp_path / "gt.h5").names == gt.names
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
+    with pytest.raises(ValueError, match="broken.jpg: truncated: ends before the JPEG end marker"):
         scene.ground_truth()
     with pytest.raises(FileNotFoundError, match="missing_dir: image folder not found.*`images`"):
         open_scene("folder", tmp_path, None, images="missing_dir").ground_truth()
@@ -260,19 +295,42 @@ def test_folder_of_images(tmp_path):
         open_scene("folder", tmp_path, "empty").ground_truth()
 
 
+def test_folder_names_are_checked_where_they_enter(tmp_path):
+    odd = ["a,b.jpg", "it's.jpg", "日本/東京.jpg", "x/#2.jpg", "NA.jpg", 'say"x".png']
+    for name in odd:
+        write_image(tmp_path / "ok" / name, 8, 6)
+    scene = open_scene("folder", tmp_path / "ok")
+    names = scene.checked_image_names()
+    assert sorted(names) == sorted(odd)
+    write_pairs(tmp_path / "pairs.txt", [(a, b) for a in names for b in names if a != b])
+    assert read_pairs(tmp_path / "pairs.txt") == [(a, b) for a in names for b in names if a != b]
+    write_image(tmp_path / "ok" / "trip" / "IMG 9673 é.JPG", 8, 6)
+    for call in (scene.checked_image_names, scene.ground_truth):
+        with pytest.raises(ValueError, match=r"ok: image name 'trip/IMG 9673 é.JPG' contains whitespace \(SPACE, "
+                                             r"' ', at position 8\).*rename the image"):
+            call()
+
+
 def test_image_size_from_headers_matches_decoding(tmp_path):
     for k, (w, h, prog) in enumerate([(640, 480, False), (31, 97, True), (1, 1, False)]):
         write_image(tmp_path / f"{k}.jpg", w, h, prog)
-        assert folder.image_size(tmp_path / f"{k}.jpg") == (w, h)
+        assert image_size(tmp_path / f"{k}.jpg") == (w, h)
 
 
 def test_cli_and_unknown_source(tmp_path, capsys):
     write_image(tmp_path / "imgs" / "a.jpg", 20, 10)
-    assert vop_main(["ground-truth", "--source", "folder", "--root", str(tmp_path), "--option", "images=imgs",
-                     "--out", str(tmp_path / "gt.h5")]) == 0
-    assert read_gt(tmp_path / "gt.h5").names == ["a.jpg"]
-    assert "1 images, overlap no" in capsys.readouterr().out
+    write_image(tmp_path / "imgs" / "b.jpg", 20, 10)
+    args = ["ground-truth", "--source", "folder", "--root", str(tmp_path), "--option", "images=imgs",
+            "--out", str(tmp_path / "gt.h5")]
+    assert vop_main(args) == 0
+    assert read_gt(tmp_path / "gt.h5").names == ["a.jpg", "b.jpg"]
+    assert "2 images, overlap: none" in capsys.readouterr().out
+    # a one-image dataset (one scene, at its root) is told to add images: it has no `scenes` to edit
+    (tmp_path / "imgs" / "b.jpg").unlink()
+    with pytest.raises(ValueError, match=r"imgs: 1 image\(s\); retrieval and the metrics need at least 2: add "
+                                         r"images to \S+imgs$"):
+        vop_main(args)
     with pytest.raises(ValueError, match="unknown dataset source 'photos'"):
         open_scene("photos", tmp_path)
-    with pytest.raises(ValueError, match=r"source folder\.imags: unknown key \(did you mean `images`\?\)"):
+    with pytest.raises(ValueError, match=r"^source folder\.imags: unknown key; did you mean 'images'\?\n"):
         open_scene("folder", tmp_path, None, imags="imgs")

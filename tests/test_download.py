@@ -3,6 +3,7 @@
 import http.server
 import io
 import logging
+import re
 import socket
 import stat
 import tarfile
@@ -125,7 +126,12 @@ def test_resume_after_dropped_connection(server, tmp_path, caplog):
     assert [r["range"] for r in server.requests] == [None, "bytes=1234567-"]
     assert sorted(p.name for p in dest.parent.iterdir()) == ["data.zip"]  # no .part left
     log = caplog.text
-    assert "resuming at 1.2 MB" in log and f"of {len(payload) / 1e6:.1f} MB (100.0%)" in log
+    size = f"{len(payload) / 1e6:.1f} MB"
+    # vop.progress lines: the first connection stops at the cut, the second resumes there to the end
+    assert re.search(rf"download data\.zip: stopped at 1\.2 MB/{size} \(24%\) after \d+s, [\d.]+ [kMG]?B/s", log)
+    assert "resuming at 1.2 MB" in log
+    assert re.search(rf"download data\.zip: 5\.0 MB/{size} \(100%\) in \d+s, [\d.]+ [kMG]?B/s", log)
+    assert re.search(rf"verify data\.zip: {size}/{size} \(100%\) in", log)  # the CRC check, by member bytes
     assert "archive test passed" in log
 
 
@@ -281,6 +287,10 @@ def test_extract_refuses_escapes_and_links(tmp_path, bad, kind):
         dl.extract(archive, sandbox / "target")
     assert list(sandbox.iterdir()) == []  # neither the target nor a temporary folder
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "sandbox"])
+    # as the workflow extracts (one part under a prefix, into folders that do not exist yet): no empty folders
+    with pytest.raises(dl.ArchiveError, match="refusing the archive"):
+        dl.extract(archive, sandbox / "resources" / "ds", member_prefix="scene/part/")
+    assert list(sandbox.iterdir()) == []
 
 
 def test_extract_truncated_tar_leaves_nothing(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import pickle
 
 import h5py
 import numpy as np
@@ -345,10 +346,37 @@ def test_import_refuses_files_without_an_encoder(tmp_path):
 def test_weights_only_refuses_code(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "hook": logging.Logger}, path)  # any class outside the allowlist
-    with pytest.raises(
-        ValueError, match=r"weights_only=True\) refuses to load \(Unsupported global: GLOBAL logging.Logger"
-    ):
+    refused = r"evil.pth: .*weights_only=True\) refuses to load \(the global logging.Logger\)"
+    with pytest.raises(ValueError, match=refused):
         load_encoder(path)
+
+
+@pytest.mark.parametrize("message, named", [
+    # torch 2.13's wording, colours and all
+    ("Weights only load failed. This file can still be loaded, to do so you have two options, \x1b[1mdo those "
+     "steps only if you trust the source of the checkpoint\x1b[0m. \n\t(1) ...\n\tWeightsUnpickler error: "
+     "Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig was not an allowed global by default. Please "
+     "use `torch.serialization.add_safe_globals([omegaconf.dictconfig.DictConfig])` ...",
+     "the global omegaconf.dictconfig.DictConfig"),
+    # the global named another way, on another line than the first
+    ("Weights only load failed.\nThe global `collections.Counter` is not allowed", "the global collections.Counter"),
+    # no global at all: the unpickler's own line
+    ("Weights only load failed. Re-running ...\n\tWeightsUnpickler error: Unsupported operand 149\n\nCheck the "
+     "documentation", "Unsupported operand 149"),
+    ("Weights only load failed.\nSomething unexpected happened here.", "Something unexpected happened here"),
+])
+def test_refused_checkpoint_names_what_was_refused(tmp_path, monkeypatch, message, named):
+    path = tmp_path / "model.pt"
+    torch.save({"model": {}}, path)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError(message)
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ValueError) as info:
+        load_encoder(path)
+    assert f"refuses to load ({named}). If you trust the file" in str(info.value)
+    assert "\x1b" not in str(info.value)
 
 
 # --- applying the encoder ----------------------------------------------------------------------------

@@ -58,3 +58,36 @@ def test_colmap_matches_exactly_the_pairs_of_pairs_txt(tmp_path):
     assert set(verified_ids) == expected
     assert all(len(g.inlier_matches) > 20 for g in geometries)
     db.close()
+
+
+def test_colmap_reads_pairs_of_the_vpr_and_image_list_names(tmp_path):
+    """The other protocols' names (UTM fields with '@', list paths with folders) in pairs.txt, as retrieve
+    mode writes them (queries against the database), are matched by COLMAP exactly as listed."""
+    rng = np.random.default_rng(1)
+    images = tmp_path / "images"
+    base = textured(rng, 400, 300)
+    names = ["database/@585014.00@4477006.76@17@T@@@db0000@@093@@@@@@.jpg",
+             "database/sub/@585022.00@4477006.05@17@T@@@db0001@@267@@@@@@.jpg",
+             "queries/@585025.15@4477007.03@17@T@@@q0000@@274@@@@@@.jpg"]
+    for k, name in enumerate(names):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(images / name), base[10 * k:10 * k + 240, 12 * k:12 * k + 320])
+    pairs = [(names[2], names[0]), (names[2], names[1])]
+    write_pairs(tmp_path / "pairs.txt", pairs)
+    database = tmp_path / "database.db"
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = 1
+    pycolmap.extract_features(database, images, image_names=names, extraction_options=options,
+                              device=pycolmap.Device.cpu)
+    pairing = pycolmap.ImportedPairingOptions()
+    pairing.match_list_path = str(tmp_path / "pairs.txt")
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = 1
+    matching.use_gpu = False
+    pycolmap.match_image_pairs(database, matching_options=matching, pairing_options=pairing,
+                               device=pycolmap.Device.cpu)
+    db = pycolmap.Database.open(str(database))
+    ids = {image.name: image.image_id for image in db.read_all_images()}
+    matched_ids, _ = db.read_all_matches()
+    assert set(matched_ids) == {pair_id(ids[a], ids[b]) for a, b in pairs}
+    db.close()

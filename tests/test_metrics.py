@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 
 from vop import metrics
 from vop.cli import main as vop_main
-from vop.io import POSE_COLUMNS, GroundTruth, write_gt, write_pairs
+from vop.io import POSE_COLUMNS, GroundTruth, read_gt, write_gt, write_pairs
 from vop.metrics import best_pair_errors, pose_auc, retrieval_recall, summarize
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,3 +237,24 @@ def test_summarize_bad_pose_csv_names_file(tmp_path):
     with pytest.raises(ValueError, match="pose.csv.*missing column"):
         summarize([entry], tmp_path / "auc.csv")
     assert not (tmp_path / "auc.csv").exists()
+
+
+def test_k_is_what_was_retrieved_and_the_overlap_source_is_logged(tmp_path, caplog):
+    # k = 5 configured; a 3-image scene can only give 2 per query (retrieval clamps it), a 7-image one 5
+    small = _scene(tmp_path, "cls", "small", ["a", "b", "c"], np.eye(3), [
+        [q, d, 10, 8, 1.0, 1.0, 1.0] for q in "abc" for d in "abc" if d != q])
+    names = [f"i{n}" for n in range(7)]
+    large = _scene(tmp_path, "cls", "large", names, np.eye(7), [
+        [q, d, 10, 8, 1.0, 1.0, 1.0] for q in names for d in [n for n in names if n != q][:5]])
+    for entry in (small, large):
+        entry["k"] = 5
+    # the small scene's overlap came from the pose-only fallback: the table's log says so
+    gt = read_gt(small["gt_h5"])
+    gt.overlap_source, gt.overlap_info = "poses", {"fallback_reason": "only 12 points triangulated"}
+    write_gt(small["gt_h5"], gt)
+    with caplog.at_level(logging.INFO, logger="vop.metrics"):
+        table = summarize([small, large], tmp_path / "auc.csv")
+    assert table.set_index("scene")["k"].to_dict() == {"large": 5, "small": 2, "ALL": "2-5"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and small["gt_h5"] in warnings[0]
+    assert "camera poses alone" in warnings[0] and "only 12 points triangulated" in warnings[0]

@@ -27,7 +27,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def report(tiny_run):
-    targets = [f"results/tiny/plots/{name}" for name in [*FIGURES, "summary.html"]]
+    targets = [f"results/tiny/plots/{name}" for name in [*FIGURES, "summary.html"]] + ["results/tiny/run_summary.html"]
     snakemake(tiny_run, *targets)
     snakemake(tiny_run, "--report", "report.html", *targets)
     return tiny_run / "report.html"
@@ -62,6 +62,16 @@ def test_report_front_page_shows_table_and_plots(report, tiny_run):
         assert row[:2] == [expected["method"], expected["scene"]]
         assert float(row[header.index("auc@10")]) == pytest.approx(expected["auc@10"], abs=0.05)
         assert float(row[header.index("mAP@k")]) == pytest.approx(expected["mAP@k"], abs=0.05)
+
+    # The run summary's table (stages, jobs, seconds, peak memory) follows, as run_summary.tsv holds it.
+    stages = pd.read_csv(tiny_run / "results/tiny/run_summary.tsv", sep="\t")
+    start = dom.index('<table border="1" class="dataframe vop-run-summary">')
+    cells = [unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", dom[start:dom.index("</table>", start)],
+                                             flags=re.DOTALL)]
+    rows = [cells[i:i + len(stages.columns)] for i in range(len(stages.columns), len(cells), len(stages.columns))]
+    assert [row[0] for row in rows] == list(stages["stage"]) and rows[-1][0] == "all"
+    for row, (_, expected) in zip(rows, stages.iterrows()):
+        assert int(row[1]) == expected["jobs"] and float(row[2]) == pytest.approx(expected["wall_s"], abs=0.06)
 
     # Every figure is an <img> whose data URI holds exactly the PNG the plots rule wrote.
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)

@@ -146,14 +146,31 @@ def test_changing_vop_prefilter_reruns_only_vop(tiny_run):
     assert all(f"/{m}/" not in outputs for m in ["vop_identity", "cls", "oracle", "random"])
 
 
-def test_config_typo_is_rejected(tmp_path):
-    config = copy.deepcopy(TINY_CONFIG)
-    config["methods"]["vop"]["prefiltr"] = 4
-    write_config(tmp_path, config)
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n"]
+def _config_error(workdir: Path, config: dict) -> list[str]:
+    """Snakemake's output on a bad config, from the line that starts the error."""
+    write_config(workdir, config)
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "prefiltr" in proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Config error: "))
+    assert all("Using workflow specific profile" in line for line in lines[:start])  # nothing before the error
+    return lines[start:]
+
+
+def test_config_typo_is_reported_on_the_first_line_with_the_fix(tmp_path):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["methods"]["vop"]["prefiltr"] = config["methods"]["vop"].pop("prefilter")
+    lines = _config_error(tmp_path, config)
+    assert lines[0] == "Config error: methods.vop.prefiltr: unknown key; did you mean 'prefilter'?"
+    assert lines[1].startswith("  allowed here: type, k, encoder, prefilter, radius")
+    assert lines[-1] == "  (in config/config.yaml)" and len(lines) == 3  # no schema dump, no traceback
+    # The checks across blocks (vop.workflow) lead the same way.
+    config["methods"]["vop"]["prefilter"] = config["methods"]["vop"].pop("prefiltr")
+    config["methods"]["vop"]["encoder"] = "vop_tiyn"
+    lines = _config_error(tmp_path, config)
+    assert lines == ["Config error: methods.vop.encoder: 'vop_tiyn' is not under `encoders:`; did you mean 'vop_tiny'?",
+                     "  under `encoders:` now: identity, vop_tiny; name one of them or add 'vop_tiyn' there"]
 
 
 def test_vop_pairs_equal_the_independent_reference(tiny_run, capsys):
@@ -182,3 +199,33 @@ def test_retrieve_mode_ranks_queries_against_the_other_images(tiny_run):
     assert table.loc[("oracle", "ALL"), "recall@k"] == pytest.approx(100.0)
     assert table.loc[("oracle", "ALL"), "mAP@k"] == pytest.approx(100.0)
     assert (table.xs("ALL", level="scene")["num_queries"] == 6).all()  # 3 queries x 2 scenes
+
+
+PROGRESS = re.compile(r" INFO vop\.[\w.]+: (?P<desc>[\w -]+): (?P<done>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\) "
+                      r"(?:(?P<rate>[\d.]+) (?P<unit>[\w ]+)/s, (?P<left>\w+) left"
+                      r"|in \w+, (?P<final>[\d.]+) [\w ]+/s)$")
+
+
+@pytest.mark.parametrize("log, desc, unit", [
+    ("logs/tiny/room_a/generate_scene.log", "render", "images"),
+    ("logs/tiny/room_a/features-dense_sift.log", "features", "images"),
+    ("logs/tiny_train/train_a/patch_labels.log", "labels", "pairs"),
+    ("logs/encoders/vop_tiny/train_encoder.log", "training", "batches"),
+    ("logs/tiny/room_a/embeddings-vop_tiny.log", "embeddings", "images"),
+    ("logs/tiny/room_a/vop/retrieve.log", "voting", "image pairs"),
+    ("logs/tiny/room_a/local_features.log", "local features", "images"),
+    ("logs/tiny/room_a/vop/pose.log", "pose", "pairs"),
+])
+def test_long_stages_log_progress_with_a_rate_and_time_left(tiny_run, log, desc, unit):
+    text = (tiny_run / log).read_text()
+    assert "\r" not in text  # log lines, not a bar's carriage returns
+    found = [m for m in map(PROGRESS.search, text.splitlines()) if m and m["desc"] == desc]
+    assert found, f"{log}: no progress lines of {desc!r}:\n{text[-2000:]}"
+    *steps, last = found
+    assert steps and len(found) <= 21  # every 5% (the tiny run takes seconds: no 30 s lines), and the end
+    for step in steps:
+        assert step["unit"] == unit and float(step["rate"]) > 0 and step["left"]
+    assert [int(m["done"]) for m in found] == sorted({int(m["done"]) for m in found})  # counts only go up
+    assert last["done"] == last["total"] and last["percent"] == "100" and float(last["final"]) > 0
+    if desc == "pose":  # every retrieved pair, counted in the parent as the workers' rows come back
+        assert int(last["total"]) == 8 * 3

@@ -98,16 +98,24 @@ def _names(args) -> list[str]:
 
 
 def _generate(p):
-    p.add_argument("out", type=Path, help="scene folder to create (ETH3D layout)")
+    p.add_argument("out", type=Path, help="scene folder to create (ETH3D layout, or --layout's)")
+    p.add_argument("--layout", choices=["eth3d", "vpr", "revisitop", "image_list"], default="eth3d",
+                   help="eth3d: a room (synthetic); vpr: a street, revisitop: landmarks, image_list: a list with "
+                        "GL3D pairs (the synthetic_* sources)")
     add_conf_flags(p, confs.SyntheticConf)
 
     def run(args):
-        from vop.datasets import synthetic
+        from vop.datasets import synthetic, synthetic_protocols
 
         conf = conf_from_args(confs.SyntheticConf, args)
         textures = synthetic.TRAIN_TEXTURES if conf.textures == "train" else synthetic.EVAL_TEXTURES
-        synthetic.generate_scene(args.out, conf.seed, conf.num_images, conf.width, conf.height, textures,
-                                 overwrite=True)
+        if args.layout == "eth3d":
+            synthetic.generate_scene(args.out, conf.seed, conf.num_images, conf.width, conf.height, textures,
+                                     overwrite=True)
+        else:
+            generate = {"vpr": synthetic_protocols.generate_vpr, "revisitop": synthetic_protocols.generate_revisitop,
+                        "image_list": synthetic_protocols.generate_image_list}[args.layout]
+            generate(args.out, conf.seed, conf)
     return run
 
 
@@ -164,10 +172,17 @@ def _open_scene(args):
 def _ground_truth(p):
     _scene_flags(p)
     p.add_argument("--out", type=Path, required=True, help="gt.h5 to write")
+    p.add_argument("--local-features", type=Path,
+                   help="the scene's local_features.h5: posed images without 3D points triangulate their tracks")
+    p.add_argument("--threads", type=int, default=-1, help="triangulation threads (default: all cores)")
+    add_conf_flags(p, confs.TriangulationConf)
 
     def run(args):
-        gt = _open_scene(args).write_ground_truth(args.out)
-        print(f"{args.out}: {len(gt.names)} images, overlap {'yes' if gt.overlap is not None else 'no'}")
+        from vop.ground_truth import write_scene_ground_truth
+
+        gt = write_scene_ground_truth(_open_scene(args), args.out, args.local_features,
+                                      conf_from_args(confs.TriangulationConf, args), num_threads=args.threads)
+        print(f"{args.out}: {len(gt.names)} images, overlap: {gt.overlap_source or 'none'}")
     return run
 
 
@@ -181,13 +196,17 @@ def _features(p):
     add_conf_flags(p, confs.BackboneConf)
 
     def run(args):
+        import h5py
+
         from vop.backbones import load_backbone
         from vop.features import dump_features
+        from vop.io import read_views
 
         conf = conf_from_args(confs.BackboneConf, args)
         backbone = load_backbone(args.backbone, conf.weights, args.device)
+        views = read_views(args.names_from) if h5py.is_hdf5(args.names_from) else None  # crops (revisitop)
         dump_features(args.image_dir, _names(args), backbone, args.out, batch_size=conf.batch_size,
-                      num_workers=args.workers, with_flipped=args.with_flipped)
+                      num_workers=args.workers, with_flipped=args.with_flipped, views=views)
     return run
 
 
@@ -247,6 +266,9 @@ def _retrieve(p):
         m.add_argument("--mode", choices=["register", "retrieve"], default="register")
         m.add_argument("--queries", help="retrieve mode: glob over image names selecting the queries")
         m.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+        m.add_argument("--depth", type=lambda t: t if t == "all" else int(t),
+                       help="a dataset's depth replacing --k: a number or `all` (deep lists continue a vop "
+                            "prefilter in its order)")
         add_conf_flags(m, conf, skip=("type",))
 
     def run(args):
@@ -254,7 +276,7 @@ def _retrieve(p):
 
         conf = conf_from_args(confs.METHOD_CONFS[args.type], args)
         run_method(conf, args.scene, args.gt, args.out_dir, getattr(args, "features", None),
-                   getattr(args, "embeddings", None), args.mode, args.queries, args.device)
+                   getattr(args, "embeddings", None), args.mode, args.queries, args.device, k=args.depth)
     return run
 
 
@@ -329,6 +351,37 @@ def _plots(p):
     return run
 
 
+def _match_pairs(p):
+    p.add_argument("--pairs", type=Path, required=True, help="pairs.txt of one run")
+    p.add_argument("--scores", type=Path, required=True, help="its scores.csv")
+    p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5 (the image list's order)")
+    p.add_argument("--out", type=Path, required=True, help="match_pairs.txt to write")
+
+    def run(args):
+        from vop.protocols.tables import write_match_pairs
+
+        write_match_pairs(args.pairs, args.scores, args.gt, args.out)
+    return run
+
+
+def _protocol_table(p):
+    p.add_argument("protocol", choices=["vpr", "revisitop", "gl3d"])
+    p.add_argument("--entries", type=Path, required=True,
+                   help="JSON list of {method, scene, pairs_txt, gt_h5, reader, mode, queries[, match_pairs, k]}")
+    p.add_argument("--out", type=Path, required=True, help="the table to write")
+    p.add_argument("--plot", type=Path, help="also its figure (png)")
+
+    def run(args):
+        from vop.protocols.plots import plot_protocol
+        from vop.protocols.tables import write_table
+
+        entries = _read_entries(args.entries)
+        print(write_table(args.protocol, entries, args.out).to_string(index=False))
+        if args.plot:
+            plot_protocol(args.protocol, entries, args.out, args.plot)
+    return run
+
+
 def _check(p):
     p.add_argument("results", type=Path, help="a dataset's results folder, e.g. results/demo")
 
@@ -346,6 +399,40 @@ def _check(p):
             print(message)
         return 0 if ok else 1
     return run
+
+
+def _summary(p):
+    p.add_argument("results", type=Path, nargs="+",
+                   help="results folders of datasets, e.g. results/demo (and results/demo_train: its encoder's)")
+    p.add_argument("--logs", type=Path, help="the run's logs folder (default: logs/ beside results/)")
+    p.add_argument("--tsv", type=Path, help="also write the table here, tab-separated")
+
+    def run(args):
+        from vop.summary import run_summary, write_summary
+
+        summary = run_summary(args.results, args.logs)
+        print(summary.text())
+        if args.tsv:
+            write_summary(summary, args.tsv)
+
+
+def _readme_tables(p):
+    p.add_argument("markdown", type=Path, nargs="?", default=Path("README.md"),
+                   help="a markdown file with marked tables (default: README.md)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--update", action="store_true", help="write the regenerated tables into the file")
+    what.add_argument("--check", action="store_true", help="fail when the file's tables differ from their auc.csv")
+
+    def run(args):
+        from vop.readme import render, update_tables
+
+        if args.check or args.update:
+            same, _ = update_tables(args.markdown, write=args.update)
+            print(f"{args.markdown}: tables {'up to date' if same else 'updated' if args.update else 'differ'}")
+            return 0 if same or args.update else 1
+        _, tables = render(args.markdown.read_text(encoding="utf-8"), args.markdown.parent, str(args.markdown))
+        for source, table in tables:
+            print(f"{source}:\n{table}")
 
 
 def _install_profile(p):
@@ -382,7 +469,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "extract": (_extract, "unpack an archive safely (members escaping the target are refused)"),
     "ground-truth": (_ground_truth, "gt.h5 of a scene: intrinsics, poses, image sizes, overlap"),
     "features": (_features, "backbone CLS and patch tokens of every image"),
-    "labels": (_labels, "ground-truth patch correspondences of sampled pairs, from depth"),
+    "labels": (_labels, "ground-truth patch correspondences of sampled pairs, from depth or tracks"),
     "train": (_train, "train the VOP patch head on labelled scenes"),
     "embeddings": (_embeddings, "apply an encoder (identity or VOP) to a features file"),
     "retrieve": (_retrieve, "rank the database images of every query with one method"),
@@ -390,7 +477,11 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "pose": (_pose, "relative pose of every retrieved pair, scored against the ground truth"),
     "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
     "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),
+    "match-pairs": (_match_pairs, "MIRorR's match_pairs.txt (i j score, self pair first) of one run"),
+    "protocol-table": (_protocol_table, "vpr.csv (recall@N), revisitop.csv (mAP E/M/H) or gl3d.csv (mAP@K)"),
     "check": (_check, "recompute every vop retrieval the straightforward way and compare"),
+    "summary": (_summary, "per stage of a run: jobs, wall seconds, peak memory (from the benchmark files)"),
+    "readme-tables": (_readme_tables, "print (or write) a markdown file's result tables from their auc.csv"),
     "install-profile": (_install_profile, "link profiles/<name> into Snakemake's profile folder (--profile <name>)"),
 }
 
@@ -407,8 +498,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
     from vop.utils import setup_logging
 
+    # Logging is set up for the command and put back afterwards: a caller in the same process (a notebook,
+    # the tests) keeps its own handlers, and none is left writing to a stream that is gone.
+    root = logging.getLogger()
+    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
     setup_logging(args.log)
-    status = args.run(args)
+    try:
+        status = args.run(args)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], sys.excepthook = handlers, hook
+        root.setLevel(level)
     return int(status or 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,13 +23,61 @@ C = TypeVar("C", bound="Conf")
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the key and the fix."""
+    """A configuration value that cannot be used. The message leads with the fix: its first line is the
+    key path, what is wrong and the closest valid key or value; `path` holds the keys of that place."""
+
+    def __init__(self, message: str, path: tuple = ()):
+        super().__init__(message)
+        self.path = tuple(path)
 
 
-def closest(name: str, candidates) -> str:
-    """' (did you mean `x`?)' for the closest candidate, or ''."""
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean `{match[0]}`?)" if match else ""
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def key_path(path) -> str:
+    """methods.vop.k, datasets.demo.scenes[1], datasets['my data']; 'config' for the top level. A string
+    is taken as a path written already (`methods.vop`)."""
+    if isinstance(path, str):
+        return path or "config"
+    text = ""
+    for key in path:
+        if isinstance(key, int):
+            text += f"[{key}]"
+        elif isinstance(key, str) and _PLAIN_KEY.match(key):
+            text += f".{key}" if text else key
+        else:
+            text += f"[{key!r}]"
+    return text or "config"
+
+
+def suggest(name, candidates) -> str | None:
+    """The candidate closest to `name` (difflib, cutoff 0.6), or None."""
+    match = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(name, candidates) -> str:
+    """The text "; did you mean 'x'?" for the closest candidate, or ''."""
+    match = suggest(name, candidates)
+    return f"; did you mean {match!r}?" if match else ""
+
+
+def listing(names, limit: int = 12) -> str:
+    """a, b, c (at most `limit` names, then how many in all)."""
+    names = [str(n) for n in names]
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def unknown_key(where: str, key: str, known) -> ConfigError:
+    """'<where>.<key>: unknown key; did you mean ...?' with the keys allowed there on the next line."""
+    place = f"{where}.{key}" if where else key
+    return ConfigError(f"{place}: unknown key{did_you_mean(key, known)}\n  allowed here: {listing(known)}",
+                       _keys(where, key))
+
+
+def _keys(where: str, key: str) -> tuple:
+    return (*where.split("."), key) if where else (key,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,13 +93,13 @@ class Conf:
         prefix = f"{where}." if where else ""
         for key in data:
             if key not in known:
-                raise ConfigError(f"config: {prefix}{key}: unknown key{closest(key, known)}; "
-                                  f"known keys: {', '.join(known)}")
+                raise unknown_key(where, key, known)
         values = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
         missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
-            raise ConfigError(f"config: {prefix}{missing[0]}: required key missing")
+            raise ConfigError(f"{prefix}{missing[0]}: missing; this key is required\n"
+                              f"  {where or 'the block'} has: {listing(data) or 'nothing'}", _keys(where, missing[0]))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +169,20 @@ class DatasetConf(Conf):
     scenes: tuple[str, ...] | None = None
     mode: Literal["register", "retrieve"] | None = None  # None: the source's (vop.datasets)
     queries: str | None = None
+    k: int | None = None  # None: the source's depth (vpr 20, image_list 200, revisitop all), else each method's k
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriangulationConf(Conf):
+    """`triangulation`: ground-truth tracks of posed scenes without 3D points (vop.ground_truth): the
+    scene's local features matched over pose-neighbour pairs and triangulated with the poses held fixed."""
+
+    neighbours: int = 20  # pairs per image, the best by pose-based overlap (all pairs up to neighbours + 1 images)
+    ratio: float = 0.8  # Lowe's ratio of the mutual nearest-neighbour matching
+    verification: Literal["poses", "ransac"] = "poses"  # epipolar test against the known poses, or COLMAP's
+    max_error_px: float = 4.0  # inlier bound of the verification and reprojection bound of the triangulation
+    min_angle_deg: float = 1.5  # the smallest triangulation angle of a point
+    min_points: int = 100  # fewer points: the overlap falls back to the pose-only estimate
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,8 +200,10 @@ class BackboneConf(Conf):
 
 @dataclass(frozen=True, kw_only=True)
 class LabelsConf(Conf):
-    """`labels`: ground-truth patch correspondences of sampled pairs, from depth (vop.labels)."""
+    """`labels`: ground-truth patch correspondences of sampled pairs, from depth or from the tracks of 3D
+    points (vop.labels); `geometry` auto: depth where the dataset has it, else tracks."""
 
+    geometry: Literal["auto", "depth", "tracks"] = "auto"
     pairs_per_bin: int = 40
     num_negative: int = 40
     stride: int = 2
@@ -241,8 +306,8 @@ def method_conf(entry: Mapping[str, Any], where: str = "methods") -> MethodConf:
     """The conf of a `methods:` entry, by its `type`."""
     kind = entry.get("type")
     if kind not in METHOD_CONFS:
-        raise ConfigError(f"config: {where}.type: unknown method type {kind!r}{closest(str(kind), METHOD_CONFS)}; "
-                          f"expected one of {', '.join(METHOD_CONFS)}")
+        raise ConfigError(f"{where}.type: {kind!r} is not a method type{did_you_mean(kind, METHOD_CONFS)}\n"
+                          f"  allowed: {listing(METHOD_CONFS)}", _keys(where, "type"))
     return METHOD_CONFS[kind].from_dict(entry, where)
 
 
@@ -291,10 +356,11 @@ class SoftwareConf(Conf):
 
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
-                                      "pose": PoseConf, "metrics": MetricsConf, "software": SoftwareConf}
+                                      "pose": PoseConf, "metrics": MetricsConf, "triangulation": TriangulationConf,
+                                      "software": SoftwareConf}
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
     "LocalFeaturesConf", "METHOD_CONFS", "MethodConf", "MetricsConf", "OracleConf", "PoseConf", "RandomConf",
-    "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "VopConf", "method_conf",
+    "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "TriangulationConf", "VopConf", "method_conf",
 ]

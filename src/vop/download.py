@@ -16,6 +16,7 @@ or is a link or a special file; it writes into a temporary folder beside the tar
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
@@ -27,9 +28,11 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
-from vop.io import replace_dir
+from vop.io import atomic_path, replace_dir
+from vop.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -79,30 +82,11 @@ def _total_size(response, offset: int) -> int | None:
     return None
 
 
-class _Progress:
-    """Progress lines in the log: at most one every `every` seconds, and one at the end."""
-
-    def __init__(self, url: str, every: float):
-        self.url, self.every = url, every
-        self.start = self.last = time.monotonic()
-        self.first_offset: int | None = None
-
-    def __call__(self, done: int, total: int | None, final: bool = False) -> None:
-        now = time.monotonic()
-        if self.first_offset is None:
-            self.first_offset = done
-        if not final and now - self.last < self.every:
-            return
-        self.last = now
-        rate = (done - self.first_offset) / max(now - self.start, 1e-6) / 1e6
-        of = f" of {total / 1e6:.1f} MB ({100.0 * done / total:.1f}%)" if total else ""
-        logger.info("%s: %.1f MB%s, %.1f MB/s", self.url, done / 1e6, of, rate)
-
-
 def download(url: str, dest: str | Path, config_key: str | None = None, timeout: float = 60.0,
-             retries: int = 5, progress_every: float = 10.0, verify: bool = True) -> Path:
+             retries: int = 5, progress_every: float = 30.0, verify: bool = True) -> Path:
     """Download `url` to `dest`, resuming `dest.part` with HTTP Range; verify; rename into place.
 
+    Progress (vop.progress): a line every 5% or `progress_every` seconds in the log, a bar on a terminal.
     A connection that drops mid-way is resumed up to `retries` times in a row without progress.
     `config_key` (e.g. "datasets.eth3d.root") is named in the error when the server cannot be reached.
     With `verify`, archives (by name: .zip, .tar*) are tested after the size check; a corrupt one is
@@ -111,7 +95,6 @@ def download(url: str, dest: str | Path, config_key: str | None = None, timeout:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    progress = _Progress(url, progress_every)
     failures = 0
     while True:
         offset = part.stat().st_size if part.exists() else 0
@@ -126,11 +109,13 @@ def download(url: str, dest: str | Path, config_key: str | None = None, timeout:
                 total = _total_size(response, offset)
                 if offset:
                     logger.info("%s: resuming at %.1f MB", url, offset / 1e6)
-                with open(part, "ab" if offset else "wb") as f:
+                with open(part, "ab" if offset else "wb") as f, \
+                        Progress(total, f"download {dest.name}", unit="B", initial=offset, logger=logger,
+                                 every_seconds=progress_every) as bar:
                     while chunk := response.read(CHUNK):
                         f.write(chunk)
                         received += len(chunk)
-                        progress(offset + received, total)
+                        bar.update(len(chunk))
             size = part.stat().st_size
             if total is not None and size < total:
                 raise http.client.IncompleteRead(b"", total - size)
@@ -168,7 +153,6 @@ def download(url: str, dest: str | Path, config_key: str | None = None, timeout:
         part.unlink(missing_ok=True)
         raise DownloadError(f"{url}: received {size} bytes but the server announced {total}; the partial file "
                             f"was deleted, run again. " + _by_hand(url, dest, config_key))
-    progress(size, total, final=True)
     if verify and archive_kind(dest):
         try:
             verify_archive(part, name=dest.name)
@@ -194,20 +178,30 @@ def verify_archive(path: str | Path, name: str | None = None) -> None:
     start = time.perf_counter()
     if kind == "zip":
         try:
-            with zipfile.ZipFile(path) as zf:
-                bad = zf.testzip()
+            zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise ArchiveError(f"{path}: not a valid zip archive ({e})") from e
-        if bad is not None:
-            raise ArchiveError(f"{path}: member {bad!r} fails its CRC check (corrupt archive)")
+        with zf:
+            members = [info for info in zf.infolist() if not info.is_dir()]
+            with Progress(sum(i.file_size for i in members), f"verify {name or path.name}", unit="B",
+                          logger=logger) as bar:
+                for info in members:  # reading a member to its end checks its CRC, as ZipFile.testzip does
+                    try:
+                        with zf.open(info) as f:
+                            while data := f.read(CHUNK):
+                                bar.update(len(data))
+                    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+                        raise ArchiveError(f"{path}: member {info.filename!r} fails its CRC check "
+                                           f"(corrupt archive: {e})") from e
     elif kind == "tar":
         try:
-            with tarfile.open(path, "r:*") as tf:
+            with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tf, \
+                    Progress(path.stat().st_size, f"verify {name or path.name}", unit="B", logger=logger) as bar:
                 for member in tf:
                     if member.isfile():
                         f = tf.extractfile(member)
                         while f.read(CHUNK):
-                            pass
+                            bar.update(raw.tell() - bar.done)  # compressed bytes read so far
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
             detail = " ".join(str(e).split())  # tarfile's multi-line "tried every method" message, on one line
             raise ArchiveError(f"{path}: truncated or corrupt tar archive ({type(e).__name__}: {detail})") from e
@@ -255,13 +249,28 @@ def _write_member(source, dest: Path) -> None:
         shutil.copyfileobj(source, out, CHUNK)
 
 
-def extract(archive: str | Path, target: str | Path, member_prefix: str = "", overwrite: bool = False) -> Path:
+def install_file(path: str | Path, target: str | Path) -> Path:
+    """Copy a downloaded file that is not an archive (a .pkl, an image list) into the folder `target`,
+    under its own name, atomically. Returns the installed file."""
+    path, target = Path(path), Path(target)
+    dest = target / path.name
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(path, tmp)
+    logger.info("%s -> %s", path, dest)
+    return dest
+
+
+def extract(archive: str | Path, target: str | Path, member_prefix: str = "", overwrite: bool = False,
+            flatten: bool = False) -> Path:
     """Extract a zip or tar archive into `target`, refusing members that escape it, links and devices.
 
     With `member_prefix` (e.g. "ETH3D_undistorted/courtyard/") only members under it are extracted, to
     `target / member_prefix`, so one scene of a large archive is unpacked by its own job. Files are
     written by this function (never by the archive library), so permissions and links in the archive
-    have no effect. Returns the extracted folder.
+    have no effect. With `flatten`, every file goes straight into `target` under its basename (as
+    revisitop's download script does with the Oxford and Paris archives), added to what `target` holds
+    already, so several archives can fill one folder; two members with one basename are refused.
+    Returns the extracted folder.
     """
     archive, target = Path(archive), Path(target)
     kind = archive_kind(archive)
@@ -269,11 +278,15 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
         raise ArchiveError(f"{archive}: unknown archive type (expected .zip or .tar[.gz|.bz2|.xz])")
     prefix = member_prefix.strip("/") + "/" if member_prefix.strip("/") else ""
     final = target / prefix if prefix else target
+    if flatten:
+        return _extract_flat(archive, kind, final, prefix)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists: delete it or pass overwrite=True (--overwrite)")
+    created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]  # removed again on failure
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     count = 0
+    done = False
     try:
         if kind == "zip":
             try:
@@ -282,21 +295,25 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
                 raise ArchiveError(f"{archive}: not a valid zip archive ({e}); download it again") from e
             with zf:
                 members = [(info, _check_zip_member(info, archive)) for info in zf.infolist()]
-                for info, name in members:  # every member was checked before anything is written
-                    if not (name + "/").startswith(prefix) or info.is_dir():
-                        continue
-                    with zf.open(info) as src:
-                        _write_member(src, tmp / name)
-                    count += 1
+                # every member was checked before anything is written
+                members = [(i, n) for i, n in members if (n + "/").startswith(prefix) and not i.is_dir()]
+                with Progress(sum(i.file_size for i, _ in members), f"extract {archive.name}", unit="B",
+                              logger=logger) as bar:
+                    for info, name in members:
+                        with zf.open(info) as src:
+                            _write_member(src, tmp / name)
+                        count += 1
+                        bar.update(info.file_size)
         else:
             try:
-                with tarfile.open(archive, "r:*") as tf:
+                with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tf, \
+                        Progress(archive.stat().st_size, f"extract {archive.name}", unit="B", logger=logger) as bar:
                     for member in tf:  # one pass (gzip cannot seek back cheaply); checked before written
                         name = _check_tar_member(member, archive)
-                        if not (name + "/").startswith(prefix) or member.isdir():
-                            continue
-                        _write_member(tf.extractfile(member), tmp / name)
-                        count += 1
+                        if (name + "/").startswith(prefix) and not member.isdir():
+                            _write_member(tf.extractfile(member), tmp / name)
+                            count += 1
+                        bar.update(raw.tell() - bar.done)  # the archive's bytes read so far
             except (tarfile.TarError, EOFError, zipfile.BadZipFile) as e:
                 detail = " ".join(str(e).split())
                 raise ArchiveError(f"{archive}: truncated or corrupt tar archive ({detail}); download it again") from e
@@ -305,7 +322,61 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
                                "against the archive's folders")
         (tmp / prefix).mkdir(parents=True, exist_ok=True)
         replace_dir(tmp / prefix if prefix else tmp, final)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created if not done else ():  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     logger.info("%s: extracted %d files to %s", archive, count, final)
+    return final
+
+
+def _members(archive: Path, kind: str):
+    """(checked relative name, open file) of every regular file of the archive, in archive order."""
+    if kind == "zip":
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ArchiveError(f"{archive}: not a valid zip archive ({e}); download it again") from e
+        with zf:
+            members = [(info, _check_zip_member(info, archive)) for info in zf.infolist()]
+            for info, name in members:
+                if not info.is_dir():
+                    with zf.open(info) as src:
+                        yield name, src
+        return
+    try:
+        with tarfile.open(archive, "r:*") as tf:
+            for member in tf:
+                name = _check_tar_member(member, archive)
+                if member.isfile():
+                    yield name, tf.extractfile(member)
+    except (tarfile.TarError, EOFError) as e:
+        detail = " ".join(str(e).split())
+        raise ArchiveError(f"{archive}: truncated or corrupt tar archive ({detail}); download it again") from e
+
+
+def _extract_flat(archive: Path, kind: str, final: Path, prefix: str) -> Path:
+    """`extract(..., flatten=True)`: files under `prefix` into `final` by basename, each moved into place
+    once written (a rerun after an interruption writes them again)."""
+    final.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    seen: dict[str, str] = {}
+    try:
+        for name, src in _members(archive, kind):
+            if not (name + "/").startswith(prefix):
+                continue
+            base = PurePosixPath(name).name
+            if base in seen:
+                raise ArchiveError(f"{archive}: members {seen[base]!r} and {name!r} have the same file name, so "
+                                   f"they cannot both go into {final}; refusing the archive")
+            seen[base] = name
+            _write_member(src, tmp / base)
+            os.replace(tmp / base, final / base)
+        if not seen:
+            raise ArchiveError(f"{archive} holds no file{f' under {prefix!r}' if prefix else ''}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("%s: extracted %d files into %s", archive, len(seen), final)
     return final

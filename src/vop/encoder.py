@@ -27,6 +27,7 @@ from vop import io
 from vop.backbones import TOKEN_DIMS
 from vop.conf import EncoderConf, TrainConf
 from vop.grid import IMAGE_SIZE
+from vop.progress import progress
 from vop.utils import l2_normalize, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,24 @@ def _safe_numpy_globals() -> list:
     return allowed
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def refused_object(err: Exception) -> str:
+    """What torch.load(weights_only=True) refused, from its long message, whatever torch's wording: the
+    refused global ("GLOBAL logging.Logger") wherever it appears, else the line after "WeightsUnpickler
+    error:", else the message's most specific line (ANSI colours dropped)."""
+    text = _ANSI.sub("", str(err))
+    found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[ :`'\"]+([A-Za-z_][\w]*(?:\.[\w]+)+)", text)
+    if found:
+        return f"the global {found[1]}"
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if match:
+        return match[1].split(" Please use")[0].strip().rstrip(".")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else text).rstrip(".")
+
+
 def load_checkpoint_file(path: str | Path) -> dict:
     """torch.load(weights_only=True) with errors that name the file and the fix."""
     path = Path(path)
@@ -156,11 +175,8 @@ def load_checkpoint_file(path: str | Path) -> dict:
         with torch.serialization.safe_globals(_safe_numpy_globals()):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's message is long; its core is the line naming what was refused.
-        match = re.search(r"WeightsUnpickler error:\s*(.+?)\.?(?: Please use|\n|$)", str(err))
-        core = match[1] if match else str(err).splitlines()[0]
         raise ValueError(
-            f"{path}: holds objects that torch.load(weights_only=True) refuses to load ({core.strip()}). "
+            f"{path}: holds objects that torch.load(weights_only=True) refuses to load ({refused_object(err)}). "
             "If you trust the file, keep only its weights: "
             "torch.save({'model': torch.load(src, weights_only=False)['model']}, dst)"
         ) from err
@@ -406,5 +422,5 @@ def apply_encoder(features_h5: str | Path, out_h5: str | Path, conf: EncoderConf
         if conf.batch_size < 1:
             raise ValueError(f"encoder batch_size must be >= 1, got {conf.batch_size}")
         groups = _vop_groups(features_h5, names, model, device, conf.batch_size)
-    io.write_image_groups(out_h5, io.Streamed(groups))
+    io.write_image_groups(out_h5, io.Streamed(progress(groups, len(names), "embeddings", "images", logger=logger)))
     logger.info("wrote %d %s embeddings to %s", len(names), kind, out_h5)

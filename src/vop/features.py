@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,20 +25,10 @@ import torch
 from vop import io
 from vop.backbones import Backbone
 from vop.grid import patch_keypoints
+from vop.images import read_image
+from vop.progress import progress
 
 logger = logging.getLogger(__name__)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """(H,W,3) uint8 RGB; a missing or undecodable file raises an error that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found; check --image-dir and the names in --names-from")
-    # The stored pixel grid, not EXIF-rotated: camera models (COLMAP, the datasets) describe it.
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise ValueError(f"{path}: cannot decode the image (corrupt or not an image); replace or remove it")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def resize_image(image: np.ndarray, size: int = Backbone.image_size) -> np.ndarray:
@@ -60,8 +50,21 @@ def read_names_file(path: str | Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def _load(image_dir: Path, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    image = read_image(image_dir / name)
+def crop_image(image: np.ndarray, box, path: str | Path = "") -> np.ndarray:
+    """The pixels of integer box (x1, y1, x2, y2) of an image, x2 and y2 excluded (PIL's crop)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]):
+        raise ValueError(f"{path}: crop box {[x0, y0, x1, y1]} is not inside the {image.shape[1]}x{image.shape[0]} "
+                         "image; the ground truth belongs to other images: rerun the ground_truth rule")
+    return image[y0:y1, x0:x1]
+
+
+def _load(image_dir: Path, name: str, size: int, view=None) -> tuple[np.ndarray, np.ndarray]:
+    if view is None:
+        image = read_image(image_dir / name)
+    else:  # the image is a crop of a file (revisitop's queries)
+        file, box = view
+        image = crop_image(read_image(image_dir / file), box, image_dir / file)
     original_size = np.array([image.shape[1], image.shape[0]], np.int64)  # [w, h]
     return resize_image(image, size), original_size
 
@@ -73,8 +76,12 @@ def extract_features(
     batch_size: int,
     num_workers: int = 2,
     with_flipped: bool = False,
+    views: Mapping[str, tuple[str, np.ndarray]] | None = None,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Yield (name, groups of the features file) in the order of `names`, batch by batch.
+
+    `views` (gt.h5's, vop.io.read_views) maps a name to (file, crop box) where the image is a crop of a
+    file: the crop is what the backbone sees, and `image_size` is the crop's.
 
     With `with_flipped`, each group also holds `patch_descriptors_flipped`: the tokens of the
     horizontally mirrored image (in its own grid order), for the encoder's flip augmentation.
@@ -91,7 +98,8 @@ def extract_features(
     try:
 
         def submit(batch: list[str]) -> list[Future]:
-            return [pool.submit(_load, image_dir, name, backbone.image_size) for name in batch]
+            return [pool.submit(_load, image_dir, name, backbone.image_size, (views or {}).get(name))
+                    for name in batch]
 
         pending = submit(batches[0]) if batches else []
         for k, batch in enumerate(batches):
@@ -126,14 +134,17 @@ def dump_features(
     batch_size: int,
     num_workers: int = 2,
     with_flipped: bool = False,
+    views: Mapping[str, tuple[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Write features-{backbone}.h5 for `names` (paths relative to `image_dir`), atomically."""
+    """Write features-{backbone}.h5 for `names` (paths relative to `image_dir`; crops of files where
+    `views` says so), atomically."""
     names = list(names)
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise ValueError(f"duplicate image names {duplicates[:3]}: each image gets one group in {out_path}")
     start = time.perf_counter()
-    groups = extract_features(image_dir, names, backbone, batch_size, num_workers, with_flipped)
+    groups = progress(extract_features(image_dir, names, backbone, batch_size, num_workers, with_flipped, views),
+                      len(names), "features", "images", logger=logger)
     # Written while extracted (vitl14 is 0.5 MB per image) into a temporary file, moved into place at the end.
     io.write_image_groups(out_path, io.Streamed(groups))
     elapsed = time.perf_counter() - start

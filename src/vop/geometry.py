@@ -13,6 +13,8 @@ import math
 import numpy as np
 import scipy.sparse
 
+from vop.progress import progress
+
 
 def qvec_to_rotmat(qvec) -> np.ndarray:
     """Unit quaternion (w, x, y, z) -> rotation matrix (3,3). The quaternion is normalised first."""
@@ -123,7 +125,7 @@ def pose_overlap(K: np.ndarray, T_w2cam: np.ndarray, image_size: np.ndarray, sam
     min_cos = np.cos(np.radians(max_angle))
     frac = (np.arange(samples_per_side) + 0.5) / samples_per_side
     seen = np.zeros((n, n))
-    for i in range(n):
+    for i in progress(range(n), desc="pose-based overlap", unit="images"):
         u, v = np.meshgrid(frac * size[i, 0], frac * size[i, 1])
         pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
         X = R[i].T @ (np.linalg.solve(K[i], pix) * depths[i] - t[i][:, None])  # (3,G) world points

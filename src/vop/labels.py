@@ -1,4 +1,5 @@
-"""Ground-truth patch correspondences from depth: the supervision of the VOP encoder.
+"""Ground-truth patch correspondences, from depth or from the tracks of 3D points: the supervision of the
+VOP encoder.
 
 The backbone sees an image resized to 224x224 (each axis scaled on its own) and cut into a 16x16 grid of
 14x14 patches, patch index = row * 16 + col. In the original image, patch (row, col) covers
@@ -14,12 +15,16 @@ pairs, and the result is cached per scene::
     vop labels --source megadepth --root resources/megadepth --scene 0015 --gt gt.h5 --out labels.h5
 
 Depth maps come from the scene's reader (`vop.datasets.open_scene`): any source with depth (ETH3D layout,
-synthetic, MegaDepth) trains the same way.
+synthetic, MegaDepth) trains the same way. A posed source without depth trains from tracks instead: the
+observations of 3D points stored in gt.h5, shipped with the model or triangulated (vop.ground_truth). Patch
+a of A and patch b of B then count the 3D points that A observes in a and B in b, and the same mutual-best
+rule makes the positives one to one, as with depth (`track_correspondences`; each point is spread over the
+patches around it, bilinearly, since a patch holds a few points where it holds hundreds of pixels).
 
 Cache layout (root datasets): `names` (N,) str, `pairs` (M,2) int32 indices into names with i < j,
 `bins` (M,) int8 (-1: non-overlapping), `overlap` (M,) float32, `offsets` (M+1,) int64 and `positives`
 (sum P, 2) int16 (patch of image i, patch of image j): pair m's positives are
-positives[offsets[m]:offsets[m+1]]. Attributes: grid and the parameters used.
+positives[offsets[m]:offsets[m+1]]. Attributes: grid, the parameters used and `source` (depth or tracks).
 
 Pixel convention (COLMAP, as the synthetic renderer): integer pixel (u, v) has its centre at
 (u + 0.5, v + 0.5) in K's coordinates, and a continuous point (x, y) lies in pixel (floor(x), floor(y)).
@@ -34,11 +39,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import scipy.sparse
 
 from vop.conf import LabelsConf
 from vop.datasets import SceneReader
 from vop.grid import GRID, pixel_patches
 from vop.io import atomic_path, decode_names, read_gt
+from vop.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,45 @@ def patch_correspondences(depth_a: np.ndarray, K_a: np.ndarray, T_w2cam_a: np.nd
     return np.bincount(patch_a * n + patch_b, minlength=n * n).reshape(n, n)
 
 
+def _patch_weights(xy: np.ndarray, width: float, height: float, grid: int) -> scipy.sparse.csr_matrix:
+    """(M, grid^2) bilinear weights of points over the patch centres around them (rows sum to 1)."""
+    u = xy[:, 0] * (grid / width) - 0.5  # in patch units, 0 at the centre of column 0
+    v = xy[:, 1] * (grid / height) - 0.5
+    c0, r0 = np.floor(u), np.floor(v)
+    fu, fv = u - c0, v - r0
+    rows, cols, vals = [], [], []
+    for dr, wr in ((0, 1 - fv), (1, fv)):
+        for dc, wc in ((0, 1 - fu), (1, fu)):
+            r = np.clip(r0 + dr, 0, grid - 1).astype(np.int64)
+            c = np.clip(c0 + dc, 0, grid - 1).astype(np.int64)
+            rows.append(np.arange(len(xy)))
+            cols.append(r * grid + c)
+            vals.append(wr * wc)
+    return scipy.sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                   shape=(len(xy), grid * grid))
+
+
+def track_correspondences(xy_a: np.ndarray, ids_a: np.ndarray, size_a, xy_b: np.ndarray, ids_b: np.ndarray,
+                          size_b, grid: int = GRID) -> np.ndarray:
+    """Weights (grid^2, grid^2) float64: [patch of A, patch of B] -> the 3D points both images observe, there.
+
+    xy (M,2) are the images' observations of 3D points in COLMAP pixels (continuous, the corner of the
+    top-left pixel at (0, 0)), ids (M,) their point ids, size [w, h]; a point observed twice in one image
+    counts at its first observation. Each shared point is spread over the four patches around it in each
+    image by bilinear weights over the patch centres: a few points per patch cannot tell which of two
+    neighbouring patches holds more of the shared surface, their positions can. The tracks' counterpart of
+    `patch_correspondences` (whose dense pixels need no such care).
+    """
+    ids_a, ids_b = np.asarray(ids_a, np.int64).ravel(), np.asarray(ids_b, np.int64).ravel()
+    _, in_a, in_b = np.intersect1d(ids_a, ids_b, return_indices=True)
+    xy_a = np.asarray(xy_a, np.float64).reshape(-1, 2)[in_a]
+    xy_b = np.asarray(xy_b, np.float64).reshape(-1, 2)[in_b]
+    (w_a, h_a), (w_b, h_b) = np.asarray(size_a, np.float64).ravel()[:2], np.asarray(size_b, np.float64).ravel()[:2]
+    weights_a = _patch_weights(xy_a, w_a, h_a, grid)
+    weights_b = _patch_weights(xy_b, w_b, h_b, grid)
+    return (weights_a.T @ weights_b).toarray()
+
+
 def mutual_positives(counts: np.ndarray) -> np.ndarray:
     """(P,2) int64 pairs (a, b) that are each other's partner with most shared pixels, counts > 0.
 
@@ -154,18 +200,24 @@ def scene_labels(scene: SceneReader, gt_h5: str | Path, out_h5: str | Path, conf
                  bins=DEFAULT_BINS, grid: int = GRID, cache_size: int = 8) -> dict:
     """Sample pairs of one scene, compute their positive patch pairs and write the cache `out_h5`.
 
-    `scene` is the scene's reader (`vop.datasets.open_scene`): it gives the depth maps. Depth maps are read
-    lazily and kept in a small LRU cache (`cache_size` maps), since full-resolution ETH3D depth is ~100 MB
-    per image. Returns what `read_labels` would return.
+    `scene` is the scene's reader (`vop.datasets.open_scene`). `conf.geometry` "depth" reads its depth maps,
+    lazily, in a small LRU cache (`cache_size` maps: full-resolution ETH3D depth is ~100 MB per image);
+    "tracks" uses the observations of 3D points in gt.h5; "auto" takes depth where the reader has it, else
+    tracks. Returns what `read_labels` would return.
     """
     gt_h5 = Path(gt_h5)
+    source = conf.geometry if conf.geometry != "auto" else ("depth" if scene.has_depth else "tracks")
     pairs_per_bin, num_negative, seed, stride, depth_tol = (conf.pairs_per_bin, conf.num_negative, conf.seed,
                                                             conf.stride, conf.depth_tol)
     start = time.perf_counter()
-    gt = read_gt(gt_h5)
+    gt = read_gt(gt_h5, tracks=source == "tracks")
     if gt.overlap is None:
-        raise ValueError(f"{gt_h5}: no `overlap` dataset (the model has no 3D points); pairs cannot be binned "
-                         "by overlap: rebuild gt.h5 from a model with 3D points")
+        raise ValueError(f"{gt_h5}: no `overlap` dataset (the scene has no poses or no 3D structure); pairs "
+                         "cannot be binned by overlap: train on a posed dataset")
+    if source == "tracks" and gt.tracks is None:
+        raise ValueError(f"{gt_h5}: no tracks of 3D points (overlap from {gt.overlap_source}: "
+                         f"{gt.overlap_info.get('fallback_reason', 'see its log')}), and {scene.scene_dir} has no "
+                         "depth maps: labels need one or the other; fix the triangulation or train on another dataset")
     pairs, bin_index = sample_pairs(gt.overlap, bins, pairs_per_bin, num_negative, seed)
 
     cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -179,13 +231,18 @@ def scene_labels(scene: SceneReader, gt_h5: str | Path, out_h5: str | Path, conf
                 cache.popitem(last=False)
         return cache[k]
 
+    def counts(i: int, j: int) -> np.ndarray:
+        if source == "tracks":
+            t = gt.tracks
+            return track_correspondences(t.xy[i], t.point_ids[i], gt.image_size[i], t.xy[j], t.point_ids[j],
+                                         gt.image_size[j], grid)
+        return patch_correspondences(depth(i), gt.K[i], gt.T_w2cam[i], depth(j), gt.K[j], gt.T_w2cam[j],
+                                     grid, stride, depth_tol)
+
     # Visit pairs sorted by image so each depth map is read about once; store in sampling order.
     positives: list[np.ndarray] = [np.zeros((0, 2), np.int64)] * len(pairs)
-    for m in np.lexsort((pairs[:, 1], pairs[:, 0])):
-        i, j = pairs[m]
-        counts = patch_correspondences(depth(i), gt.K[i], gt.T_w2cam[i], depth(j), gt.K[j], gt.T_w2cam[j],
-                                       grid, stride, depth_tol)
-        positives[m] = mutual_positives(counts)
+    for m in progress(np.lexsort((pairs[:, 1], pairs[:, 0])), desc="labels", unit="pairs", logger=logger):
+        positives[m] = mutual_positives(counts(*pairs[m]))
     sizes = np.array([len(p) for p in positives], np.int64)
     labels = {
         "names": list(gt.names),
@@ -199,16 +256,16 @@ def scene_labels(scene: SceneReader, gt_h5: str | Path, out_h5: str | Path, conf
     }
     attrs = {"grid": grid, "pairs_per_bin": pairs_per_bin, "num_negative": num_negative, "seed": seed,
              "stride": stride, "depth_tol": depth_tol, "bin_edges": np.asarray(bins, np.float64).reshape(-1, 2),
-             "negative_eps": NEGATIVE_EPS}
+             "negative_eps": NEGATIVE_EPS, "source": source}
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("names", data=np.array(labels["names"], dtype=h5py.string_dtype()))
         for key in ("pairs", "bins", "offsets", "positives", "overlap"):
             f.create_dataset(key, data=labels[key])
         f.attrs.update(attrs)
     labels["attrs"] = attrs
-    logger.info("%s: %d pairs (%s per bin, %d negative), %d positives, %.1fs", out_h5, len(pairs),
+    logger.info("%s: %d pairs (%s per bin, %d negative), %d positives from %s, %.1fs", out_h5, len(pairs),
                 np.bincount(bin_index[bin_index >= 0], minlength=len(bins)).tolist(), int((bin_index < 0).sum()),
-                int(sizes.sum()), time.perf_counter() - start)
+                int(sizes.sum()), source, time.perf_counter() - start)
     return labels
 
 

@@ -19,25 +19,13 @@ import h5py
 import numpy as np
 
 from vop.conf import LocalFeaturesConf
+from vop.images import read_image
 from vop.io import write_image_groups
+from vop.progress import progress
 from vop.utils import l2_normalize
 from vop.utils import root_sift as to_root_sift
 
 logger = logging.getLogger(__name__)
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: image not found; check the image folder and that the names match the dataset's model"
-        )
-    # The raw pixel grid, as COLMAP sees it: the ground-truth intrinsics describe that grid, not the
-    # EXIF-rotated one.
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise ValueError(f"{path}: OpenCV cannot decode this image (corrupt or unsupported format); "
-                         "replace the file or remove it from the scene")
-    return image
 
 
 def _resize(image: np.ndarray, resize_max: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +100,7 @@ SIFT_BACKENDS = {"opencv": _sift_opencv, "pycolmap": _sift_colmap}
 
 def _sift_one(path: Path, max_keypoints: int, resize_max: int | None, root_sift: bool,
               backend: str) -> dict[str, np.ndarray]:
-    image = _read_gray(path)
+    image = read_image(path, grayscale=True)  # the stored grid, as COLMAP reads it (vop.images)
     h, w = image.shape[:2]
     image, scale_xy = _resize(image, resize_max)
     found = SIFT_BACKENDS[backend](image, max_keypoints, root_sift)
@@ -137,11 +125,14 @@ def extract_local_features(image_dir: str | Path, names: Sequence[str], out_h5: 
     def run(name: str) -> dict[str, np.ndarray]:
         return _sift_one(image_dir / name, conf.max_keypoints, conf.resize_max, conf.root_sift, extractor)
 
+    def done(found: Iterable[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return list(progress(found, len(names), "local features", "images", logger=logger))
+
     if num_workers > 1 and len(names) > 1:
         with ThreadPoolExecutor(num_workers) as pool:  # OpenCV and COLMAP release the GIL
-            features = list(pool.map(run, names))
+            features = done(pool.map(run, names))
     else:
-        features = [run(n) for n in names]
+        features = done(map(run, names))
     write_image_groups(out_h5, dict(zip(names, features)))
     logger.info("Extracted %s SIFT for %d images into %s", extractor, len(names), out_h5)
     return out_h5

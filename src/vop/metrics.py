@@ -24,7 +24,7 @@ import pandas as pd
 
 from vop.conf import MetricsConf
 from vop.datasets import split_queries
-from vop.io import POSE_COLUMNS, GroundTruth, read_gt, read_pairs, write_csv
+from vop.io import OVERLAP_SOURCES, POSE_COLUMNS, GroundTruth, read_gt, read_pairs, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,35 @@ def mean_average_precision(pairs: Sequence[tuple[str, str]], gt: GroundTruth, k:
     return float(per_query.mean() * 100.0) if per_query.size else 0.0
 
 
+def retrieved_k(pairs: Sequence[tuple[str, str]], k: int) -> tuple[int, int]:
+    """(fewest, most) database images retrieved per query: the k a run really had (retrieval clamps a
+    configured k larger than the database: a 3-image scene retrieves 2), `k` when there are no pairs."""
+    counts = [len(dict.fromkeys(dbs)) for dbs in retrieved_per_query(pairs).values()]
+    return (min(counts), max(counts)) if counts else (k, k)
+
+
+def pooled_k(ks: Sequence[tuple[int, int]]) -> int | str:
+    """The `k` cell of a row: the number when every query had the same, else the range, e.g. "2-5"."""
+    low, high = min(k[0] for k in ks), max(k[1] for k in ks)
+    return low if low == high else f"{low}-{high}"
+
+
+def log_overlap_source(gt_path: str | Path, gt: GroundTruth) -> None:
+    """Say in the table's log how a scene's ground-truth overlap was made, and warn where it is a guess."""
+    info = gt.overlap_info
+    if gt.overlap_source == "poses":
+        logger.warning("%s: overlap estimated from the camera poses alone (no occlusion, no relief), because "
+                       "triangulation failed: %s; recall@k and mAP@k measure agreement with that estimate",
+                       gt_path, info.get("fallback_reason", "see the ground-truth log"))
+    elif gt.overlap_source == "tracks":
+        logger.info("%s: overlap from the tracks of %s points triangulated with the poses fixed (mean length %.2f, "
+                    "%.2f px)",
+                    gt_path, info.get("points"), info.get("mean_track_length", float("nan")),
+                    info.get("mean_reprojection_error", float("nan")))
+    else:
+        logger.info("%s: overlap: %s", gt_path, OVERLAP_SOURCES.get(gt.overlap_source or "none", gt.overlap_source))
+
+
 def run_database(entry: dict, gt: GroundTruth) -> list[str] | None:
     """The images a run retrieved from: `database` if given; in retrieve mode (`mode`, `queries` glob as in
     the dataset's config) the images that are not queries; None (every image) in register mode."""
@@ -211,9 +240,9 @@ def _scene_stats(entry: dict, tau: float) -> dict:
     pose_df = read_pose_csv(entry["pose_csv"])
     best = best_pair_errors(pose_df)
     gt = read_gt(entry["gt_h5"])
+    pairs = read_pairs(entry["pairs_txt"])
     recalls = aps = None
     if gt.overlap is not None:
-        pairs = read_pairs(entry["pairs_txt"])
         database = run_database(entry, gt)
         recalls = retrieval_recall_per_query(pairs, gt, int(entry["k"]), tau, entry["gt_h5"], database)
         aps = average_precision_per_query(pairs, gt, int(entry["k"]), tau, entry["gt_h5"], database)
@@ -224,7 +253,7 @@ def _scene_stats(entry: dict, tau: float) -> dict:
         "matches": pose_df["num_matches"].to_numpy(np.float64),
         "inliers": pose_df["num_inliers"].to_numpy(np.float64),
         "recalls": recalls,
-        "k": int(entry["k"]),
+        "k": retrieved_k(pairs, int(entry["k"])),
     }
 
 
@@ -235,10 +264,6 @@ def _row(method: str, scene: str, stats: Sequence[dict]) -> list:
     with_overlap = [s["recalls"] for s in stats if s["recalls"] is not None]
     recalls = np.concatenate(with_overlap) if with_overlap else np.zeros(0)
     aps = np.concatenate([s["aps"] for s in stats if s["aps"] is not None]) if with_overlap else np.zeros(0)
-    ks = sorted({s["k"] for s in stats})
-    if len(ks) > 1:
-        raise ValueError(f"method {method!r}: scenes were retrieved with different k {ks}; "
-                         "recall@k cannot be pooled over them: use one k per method")
     aucs = pose_auc(errors)
 
     def mean(x: np.ndarray) -> float:
@@ -250,7 +275,7 @@ def _row(method: str, scene: str, stats: Sequence[dict]) -> list:
     mean_ap = round(mean(aps) * 100.0, 4) if with_overlap and aps.size else ""
     aucs_all = pose_auc(np.concatenate([s["pair_errors"] for s in stats]))
     return [method, scene, len(errors), *(round(a, 4) for a in aucs),
-            round(mean(matches), 4), round(mean(inliers), 4), recall, ks[0],
+            round(mean(matches), 4), round(mean(inliers), 4), recall, pooled_k([s["k"] for s in stats]),
             *(round(a, 4) for a in aucs_all), mean_ap]
 
 
@@ -268,6 +293,8 @@ def summarize(entries: Sequence[dict], out_csv: str | Path, tau: float = TAU) ->
     names retrieval searched (default: all images of the scene). Methods keep the order given, scenes are
     sorted within a method.
     """
+    for gt_path in dict.fromkeys(str(entry.get("gt_h5")) for entry in entries if entry.get("gt_h5")):
+        log_overlap_source(gt_path, read_gt(gt_path))
     by_method: dict[str, dict[str, dict]] = defaultdict(dict)
     for entry in entries:
         method, scene = str(entry.get("method")), str(entry.get("scene"))
@@ -292,19 +319,21 @@ NO_GROUND_TRUTH = "no ground truth"
 
 def summarize_without_ground_truth(entries: Sequence[dict], out_csv: str | Path) -> pd.DataFrame:
     """auc.csv of a dataset without poses or overlap (images only): the same columns, every metric cell
-    saying "no ground truth", so that nobody reads a number that was never measured.
+    (matches and inliers too: without poses no pair is matched) saying "no ground truth", so that nobody
+    reads a number that was never measured.
 
     entries: dicts {method, scene, pairs_txt, k}; num_queries counts the queries of the retrieved pairs.
     """
     by_method: dict[str, list] = defaultdict(list)
     for entry in entries:
-        queries = len(retrieved_per_query(read_pairs(entry["pairs_txt"])))
-        by_method[str(entry["method"])].append((str(entry["scene"]), queries, int(entry["k"])))
+        pairs = read_pairs(entry["pairs_txt"])
+        by_method[str(entry["method"])].append((str(entry["scene"]), len(retrieved_per_query(pairs)),
+                                                retrieved_k(pairs, int(entry["k"]))))
     rows = []
     for method, runs in by_method.items():
-        for scene, queries, k in sorted(runs) + [("ALL", sum(q for _, q, _ in runs), runs[0][2])]:
-            known = {"method": method, "scene": scene, "num_queries": queries, "k": k,
-                     "mean_matches": "", "mean_inliers": ""}  # no pose stage ran: nothing matched
+        pooled = ("ALL", sum(q for _, q, _ in runs), (min(k[0] for *_, k in runs), max(k[1] for *_, k in runs)))
+        for scene, queries, k in sorted(runs) + [pooled]:
+            known = {"method": method, "scene": scene, "num_queries": queries, "k": pooled_k([k])}
             rows.append([known.get(column, NO_GROUND_TRUTH) for column in SUMMARY_COLUMNS])
     write_csv(out_csv, SUMMARY_COLUMNS, rows)
     logger.info("Wrote %d rows to %s (no ground truth: retrieval only)", len(rows), out_csv)

@@ -22,6 +22,7 @@ from matplotlib.figure import (
     Figure,  # no pyplot: no GUI backend, no global figure state in jobs
 )
 
+from vop.images import read_image
 from vop.io import atomic_path, read_gt, read_pairs
 from vop.metrics import (
     TAU,
@@ -97,13 +98,10 @@ def plot_recall_curves(entries: Sequence[dict], out_png: str | Path, tau: float 
 
 
 def _thumbnail(path: Path, size: int) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise FileNotFoundError(f"{path}: cannot read the image for the retrieval grid; check the image folder")
+    image = read_image(path)  # RGB, the stored grid (vop.images)
     h, w = image.shape[:2]
     s = size / max(h, w)
-    return cv2.cvtColor(cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
-                                   interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
 def plot_retrieval_grid(entries: Sequence[dict], out_png: str | Path, num_queries: int = 3,

@@ -26,8 +26,12 @@ from vop.geometry import relative_pose_error
 from vop.io import POSE_COLUMNS, GroundTruth, read_gt, write_csv
 from vop.local_features import read_local_features
 from vop.matching import match_descriptors
+from vop.progress import Progress
 
 logger = logging.getLogger(__name__)
+
+MAX_CHUNK_PAIRS = 32  # pairs a worker gets at once (a few seconds of work at most)
+
 
 def _check_pairs(pairs: Sequence[tuple[str, str]], gt: GroundTruth, gt_path: str | Path) -> dict[str, int]:
     index = gt.index()
@@ -106,18 +110,27 @@ def _one_thread():
 
 
 def _run_pairs(task: PoseTask, pairs: Sequence[tuple[str, str]], num_workers: int) -> list[list]:
-    """Rows of every pair, in order: here, or in a pool of single-threaded worker processes."""
-    with _one_thread():
+    """Rows of every pair, in order: here, or in a pool of single-threaded worker processes. Progress is
+    counted here, in the parent, as the rows come back."""
+    rows: list[list] = []
+    with _one_thread(), Progress(len(pairs), "pose", "pairs", logger=logger) as bar:
         if num_workers <= 1 or len(pairs) < 2:
-            return task.pairs(pairs)
+            for query, db in pairs:
+                rows.append(task.pair(query, db))
+                bar.update()
+            return rows
         num_workers = min(num_workers, len(pairs))
-        # Small chunks keep the workers busy to the end (pairs differ in cost), few enough to cost nothing.
-        size = max(1, math.ceil(len(pairs) / (num_workers * 8)))
+        # Small chunks keep the workers busy to the end (pairs differ in cost) and the progress current,
+        # few enough to cost nothing.
+        size = max(1, min(math.ceil(len(pairs) / (num_workers * 8)), MAX_CHUNK_PAIRS))
         chunks = [pairs[k:k + size] for k in range(0, len(pairs), size)]
         # Forked workers receive the task through the initializer without pickling (the fork copies it)
         # and without re-importing (a spawned worker would spend seconds importing torch).
         with mp.get_context("fork").Pool(num_workers, initializer=_init_worker, initargs=(task,)) as pool:
-            return [row for rows in pool.imap(_worker_pairs, chunks) for row in rows]
+            for chunk_rows in pool.imap(_worker_pairs, chunks):
+                rows += chunk_rows
+                bar.update(len(chunk_rows))
+    return rows
 
 
 def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Path,

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from . import io
+from .progress import progress
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -68,7 +69,7 @@ def retrieve_vop(global_desc: np.ndarray, patches: np.ndarray, queries: np.ndarr
     if candidates is None:
         candidates = prefilter(global_desc, queries, database, prefilter_size)
     results = []
-    for q, cand in zip(queries, candidates):
+    for q, cand in progress(zip(queries, candidates), len(queries), "reference voting", "queries"):
         votes = votes_one_query(patches[q], patches[cand], 1.0 - radius, tfidf)
         # Ties within 1e-6 of the best vote, and all-zero votes, keep prefilter order.
         scale = max(float(np.abs(votes).max()), 0.0) or 1.0
@@ -99,10 +100,13 @@ def check_method_dir(method_dir: Path) -> tuple[bool, str]:
     else:
         queries = database = everything
     k = int(info.get("k_clamped", info["k"]))
-    prefilter = int(info.get("prefilter_clamped", info["prefilter"]))
-    expected = [(names[q], names[d]) for q, dbs, _ in
-                retrieve_vop(glob, patches, queries, database, k, prefilter, float(info["radius"]), bool(info["tfidf"]))
-                for d in dbs]
+    prefilter_size = int(info.get("prefilter_clamped", info["prefilter"]))
+    # a list deeper than the prefilter (a protocol's depth) continues in prefilter order after the reranked head
+    ranked = prefilter(glob, queries, database, max(k, prefilter_size))
+    head = retrieve_vop(glob, patches, queries, database, min(k, prefilter_size), prefilter_size,
+                        float(info["radius"]), bool(info["tfidf"]), [c[:prefilter_size] for c in ranked])
+    expected = [(names[q], names[d]) for (q, dbs, _), cand in zip(head, ranked)
+                for d in [*dbs, *cand[prefilter_size:k]]]
     written = io.read_pairs(method_dir / "pairs.txt")
     if expected == written:
         return True, f"{method_dir}: {len(written)} pairs equal"

@@ -87,7 +87,12 @@ def retrieve_cls(conf: ClsConf, global_desc: np.ndarray, queries: np.ndarray | N
 
 
 def retrieve_oracle(conf: OracleConf, overlap: np.ndarray | None, queries: np.ndarray | None = None,
-                    database: np.ndarray | None = None, scene: str = "") -> Ranking:
+                    database: np.ndarray | None = None, scene: str = "",
+                    relevance: io.Relevance | None = None, num_images: int | None = None) -> Ranking:
+    """Top-k by ground-truth overlap; without an overlap matrix, by the protocol's graded `relevance`
+    (VPR positives, revisitop labels, GL3D pairs), the images without a grade after, in index order."""
+    if overlap is None and relevance is not None:
+        return _oracle_by_relevance(conf, relevance, int(num_images), queries, database, scene)
     if overlap is None:
         raise ValueError(
             f"scene {scene!r}: the oracle needs ground-truth overlap (3D points with tracks), "
@@ -103,6 +108,36 @@ def retrieve_oracle(conf: OracleConf, overlap: np.ndarray | None, queries: np.nd
     return Ranking(queries, database[best], np.take_along_axis(ov, best, 1), np.full(best.shape, np.nan), info)
 
 
+def _oracle_by_relevance(conf: OracleConf, relevance: io.Relevance, num_images: int, queries, database,
+                         scene: str) -> Ranking:
+    queries, database, register = _sets(num_images, queries, database, scene)
+    info: dict = {}
+    k = _clamp(conf.k, len(database) - register, "k", info)
+    row_of = np.full(num_images, -1, np.int64)
+    row_of[queries] = np.arange(len(queries))
+    col_of = np.full(num_images, -1, np.int64)
+    col_of[database] = np.arange(len(database))
+    q, d = np.asarray(relevance.query, np.int64), np.asarray(relevance.db, np.int64)
+    keep = (row_of[q] >= 0) & (col_of[d] >= 0) & (q != d)
+    rows, cols, grade = row_of[q[keep]], col_of[d[keep]], np.asarray(relevance.grade, np.float64)[keep]
+    order = np.lexsort((cols, -grade, rows))  # per query: grade descending, then database order
+    rows, cols, grade = rows[order], cols[order], grade[order]
+    starts = np.searchsorted(rows, np.arange(len(queries) + 1))
+    db = np.empty((len(queries), k), np.int64)
+    score = np.zeros((len(queries), k))
+    graded = np.zeros(len(database), bool)
+    for i in range(len(queries)):
+        top = cols[starts[i]:starts[i + 1]][:k]
+        graded[:] = False
+        graded[cols[starts[i]:starts[i + 1]]] = True
+        if register:
+            graded[col_of[queries[i]]] = True  # never the query itself
+        rest = np.flatnonzero(~graded)[:k - len(top)]
+        db[i] = np.r_[top, rest]
+        score[i, :len(top)] = grade[starts[i]:starts[i] + len(top)]
+    return Ranking(queries, database[db], score, np.full(db.shape, np.nan), info)
+
+
 def retrieve_random(conf: RandomConf, num_images: int, queries: np.ndarray | None = None,
                     database: np.ndarray | None = None, scene: str = "") -> Ranking:
     queries, database, register = _sets(num_images, queries, database, scene)
@@ -116,13 +151,18 @@ def retrieve_random(conf: RandomConf, num_images: int, queries: np.ndarray | Non
 
 def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | np.ndarray,
                  queries: np.ndarray | None = None, database: np.ndarray | None = None, scene: str = "",
-                 device: str | None = None) -> Ranking:
-    """VOP on one scene. `patches` covers all the scene's images (a PatchStore or an (N,M,D) array)."""
+                 device: str | None = None, extend: bool = False) -> Ranking:
+    """VOP on one scene. `patches` covers all the scene's images (a PatchStore or an (N,M,D) array).
+
+    With `extend`, k may exceed the prefilter: the P candidates reranked by votes come first, then the
+    next k - P images in prefilter order (score NaN), as DELG's reranking continues its global ranking;
+    that is how a protocol that scores deep lists or the whole ranking (GL3D, revisitop) gets them.
+    """
     queries, database, register = _sets(len(global_desc), queries, database, scene)
     info: dict = {"mode": "register" if register else "retrieve"}
     num_candidates = _clamp(conf.prefilter, len(database) - register, "prefilter", info)
     k = _clamp(conf.k, len(database) - register, "k", info)
-    if k > num_candidates:
+    if k > num_candidates and not extend:
         raise ValueError(f"vop: k={k} exceeds prefilter={num_candidates}: set prefilter >= k in the method's config")
     if not isinstance(patches, PatchStore):
         patches = PatchStore.from_array(patches, chunk_size=conf.chunk_images, device=device)
@@ -136,21 +176,27 @@ def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | n
     tau = 1.0 - radius
     info.update(radius=radius, tau=tau)
 
-    cand, pre_sim = prefilter(global_desc[queries], global_desc[database], num_candidates,
+    cand, pre_sim = prefilter(global_desc[queries], global_desc[database], max(k, num_candidates),
                               _self_rows(queries, database, register), conf.ivf_min_images, conf.ivf_nprobe, device)
+    tail, tail_sim = cand[:, num_candidates:k], pre_sim[:, num_candidates:k]  # beyond the reranked head
+    cand, pre_sim = cand[:, :num_candidates], pre_sim[:, :num_candidates]
+    if tail.shape[1]:
+        info["ranked_in_prefilter_order_after"] = num_candidates
     if register:
         votes = vote_scores(patches, patches, cand, tau, conf.tfidf, shared=True)
     else:
         votes = vote_scores(subset(patches, queries), subset(patches, database), cand, tau, conf.tfidf)
     # Ties, and queries whose candidates got no vote at all, fall back to prefilter order (the slot order).
-    best = rank_rows(votes, k)
+    best = rank_rows(votes, min(k, num_candidates))
     no_votes = int((votes <= 0).all(axis=1).sum())
     info["queries_without_votes"] = no_votes
     if no_votes:
         logger.warning("%d queries got no vote within radius %.2f: their pairs follow prefilter order",
                        no_votes, radius)
-    return Ranking(queries, database[np.take_along_axis(cand, best, 1)], np.take_along_axis(votes, best, 1),
-                   np.take_along_axis(pre_sim, best, 1), info)
+    db = np.concatenate([np.take_along_axis(cand, best, 1), tail], axis=1)
+    score = np.concatenate([np.take_along_axis(votes, best, 1), np.full(tail.shape, np.nan)], axis=1)
+    pre = np.concatenate([np.take_along_axis(pre_sim, best, 1), tail_sim], axis=1)
+    return Ranking(queries, database[db], score, pre, info)
 
 
 def _sets(num_images, queries, database, scene):
@@ -194,6 +240,7 @@ class SceneFiles:
     gt: io.GroundTruth
     features_h5: Path | None = None
     embeddings_h5: Path | None = None
+    extend: bool = False  # lists deeper than a vop prefilter continue in prefilter order (retrieve_vop)
 
 
 def _run_cls(conf: ClsConf, files: SceneFiles, queries, database, scene, device) -> Ranking:
@@ -206,11 +253,12 @@ def _run_vop(conf: VopConf, files: SceneFiles, queries, database, scene, device)
     names = files.gt.names
     glob = io.read_stacked(files.embeddings_h5, names, "global_descriptor", np.float32)
     patches = PatchStore.from_h5(files.embeddings_h5, names, device=device, chunk_size=conf.chunk_images)
-    return retrieve_vop(conf, glob, patches, queries, database, scene, device)
+    return retrieve_vop(conf, glob, patches, queries, database, scene, device, extend=files.extend)
 
 
 def _run_oracle(conf: OracleConf, files: SceneFiles, queries, database, scene, device) -> Ranking:
-    return retrieve_oracle(conf, files.gt.overlap, queries, database, scene)
+    return retrieve_oracle(conf, files.gt.overlap, queries, database, scene, files.gt.relevance,
+                           len(files.gt.names))
 
 
 def _run_random(conf: RandomConf, files: SceneFiles, queries, database, scene, device) -> Ranking:
@@ -225,13 +273,22 @@ RETRIEVERS: dict[str, Callable[..., Ranking]] = {"cls": _run_cls, "vop": _run_vo
 def run_method(conf: MethodConf, scene: str, gt_h5: str | Path, out_dir: str | Path,
                features_h5: str | Path | None = None, embeddings_h5: str | Path | None = None,
                mode: str = "register", queries: str | None = None, device: str | None = None,
-               info: dict | None = None) -> Ranking:
-    """Run one configured method on one scene and write its outputs; `info` goes into retrieval.json."""
+               info: dict | None = None, k: int | str | None = None) -> Ranking:
+    """Run one configured method on one scene and write its outputs; `info` goes into retrieval.json.
+
+    `k` is the dataset's depth, which replaces the method's own: a number, or "all" (the whole database,
+    revisitop); then a vop list deeper than its prefilter continues in prefilter order.
+    """
     gt = io.read_gt(gt_h5)
     query_ids, db_ids = split_queries(gt.names, mode, queries, scene)
-    files = SceneFiles(gt, Path(features_h5) if features_h5 else None, Path(embeddings_h5) if embeddings_h5 else None)
+    if k is not None:
+        conf = conf.replace(k=len(db_ids) - (mode == "register") if k == "all" else int(k))
+    files = SceneFiles(gt, Path(features_h5) if features_h5 else None, Path(embeddings_h5) if embeddings_h5 else None,
+                       extend=k is not None)
     ranking = RETRIEVERS[conf.type](conf, files, query_ids, db_ids, scene, device)
     params = {**conf.to_dict(), **(info or {}), "scene": scene, "mode": mode}
+    if k is not None:
+        params["dataset_k"] = k
     if mode == "retrieve":
         params["queries"] = queries
     write_outputs(ranking, gt.names, out_dir, params)

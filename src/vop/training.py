@@ -33,6 +33,7 @@ from vop.backbones import TOKEN_DIMS
 from vop.conf import TrainConf
 from vop.encoder import VOPEncoder, save_encoder
 from vop.grid import NUM_PATCHES, mirror_patch_indices
+from vop.progress import Progress
 from vop.utils import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ def _accumulate(total: dict, sums: dict) -> None:
         total[k] = total.get(k, 0.0) + v.detach()
 
 
-def _run_epoch(model, data, index, batch_size, optimizer=None, flips=None) -> dict:
+def _run_epoch(model, data, index, batch_size, optimizer=None, flips=None, bar: Progress | None = None) -> dict:
     total: dict = {}
     for start in range(0, len(index), batch_size):
         batch = index[start : start + batch_size]
@@ -294,6 +295,8 @@ def _run_epoch(model, data, index, batch_size, optimizer=None, flips=None) -> di
             loss.backward()
             optimizer.step()
         _accumulate(total, sums)
+        if bar is not None:
+            bar.update()
     return total
 
 
@@ -376,15 +379,18 @@ def train_encoder(
     optimizer = torch.optim.AdamW(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
     history: list[dict] = []
     best = {"loss": float("inf"), "epoch": None, "state": None}
+    batches = -(-len(train_index) // batch_size) + -(-len(val_index) // batch_size)
+    bar = Progress(epochs * batches, "training", "batches", logger=logger)  # every epoch's, validation included
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
         index = rng.permutation(train_index)
         flips = (rng.random(len(index)) < 0.5) & data.can_flip[index] if flipping else None
-        train_loss, train_pos, train_neg = _epoch_means(_run_epoch(model, data, index, batch_size, optimizer, flips))
+        train_loss, train_pos, train_neg = _epoch_means(_run_epoch(model, data, index, batch_size, optimizer, flips,
+                                                                   bar))
         model.eval()
         with torch.no_grad():
-            val_loss, val_pos, val_neg = _epoch_means(_run_epoch(model, data, val_index, batch_size))
+            val_loss, val_pos, val_neg = _epoch_means(_run_epoch(model, data, val_index, batch_size, bar=bar))
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -419,6 +425,7 @@ def train_encoder(
         if log_csv is not None:  # rewritten every epoch, so a running job can be followed
             io.write_csv(log_csv, HISTORY_KEYS, [[h[key] for key in HISTORY_KEYS] for h in history])
 
+    bar.close()
     if best["state"] is None:
         raise FloatingPointError(f"no epoch had a finite validation loss ({history[-1]}); lower train.lr")
     save_encoder(model, out_checkpoint, backbone, history, state=best["state"], best_epoch=best["epoch"])

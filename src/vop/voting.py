@@ -22,6 +22,7 @@ import torch
 
 from vop import io
 from vop.conf import VopConf
+from vop.progress import Progress
 from vop.utils import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,9 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     # On CPU, batches run in parallel on single-threaded torch: one small parallel op after another
     # loses most of its time in thread barriers, more so on a busy machine.
     workers = torch.get_num_threads() if dev.type == "cpu" else 1
-    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    # Progress in similarity blocks (image pairs): what the time goes into.
+    bar = Progress(len(blocks.a), "voting", "image pairs", logger=logger)
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool, bar:
         for start, stop in zip(tiles, [*tiles[1:], len(order)]):
             sel = order[start:stop]
             ca, cb = int(a_chunk[sel[0]]), int(b_chunk[sel[0]])
@@ -187,10 +190,11 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
             tile = VoteTile(left_chunk, right_chunk, blocks.a[sel] - ca * left.chunk_size,
                             blocks.b[sel] - cb * right.chunk_size, blocks.a[sel], blocks.b[sel], blocks.slot_ab[sel],
                             blocks.slot_ba[sel], tau, sums, hits)
-            jobs = [pool.submit(tile.vote, starts, counts)
+            jobs = [(pool.submit(tile.vote, starts, counts), int(counts.sum()))
                     for starts, counts in _batches(tile.a_local, blocks_per_batch)]
-            for job in jobs:
+            for job, num_blocks in jobs:
                 job.result()
+                bar.update(num_blocks)
             del tile, jobs, left_chunk, right_chunk  # let the cache free a chunk before the next loads
 
     if tfidf:

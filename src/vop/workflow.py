@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vop.conf import ConfigError, EncoderConf, method_conf
+from vop.conf import ConfigError, EncoderConf, did_you_mean, fields_of, key_path, listing, method_conf
 from vop.datasets import Dataset
 
 
@@ -21,33 +21,44 @@ def load_datasets(config: Mapping[str, Any]) -> dict[str, Dataset]:
     return datasets
 
 
+def _not_configured(path: tuple, name: str, block: str, configured) -> ConfigError:
+    """'<path>: 'x' is not under `block:`; did you mean ...?', the configured names on the next line."""
+    return ConfigError(f"{key_path(path)}: {name!r} is not under `{block}:`{did_you_mean(name, configured)}\n"
+                       f"  under `{block}:` now: {listing(configured) or 'nothing'}; name one of them or add "
+                       f"{name!r} there", path)
+
+
 def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> None:
-    """The cross-references of the config, with the fix in the message."""
+    """The cross-references of the config; each message leads with the key path and the fix."""
     backbones, methods, encoders = config["backbones"], config["methods"], config["encoders"]
     confs = {name: method_conf(entry, f"methods.{name}") for name, entry in methods.items()}
     for name, dataset in datasets.items():
-        where = f"config: datasets.{name}"
+        where = ("datasets", name)
         if dataset.conf.backbone not in backbones:
-            raise ConfigError(f"{where}.backbone {dataset.conf.backbone!r} is not under `backbones:`; add it there")
-        for method in dataset.conf.methods:
+            raise _not_configured((*where, "backbone"), dataset.conf.backbone, "backbones", backbones)
+        for i, method in enumerate(dataset.conf.methods):
             if method not in confs:
-                raise ConfigError(f"{where}.methods names {method!r}, which is not under `methods:`")
-            if confs[method].needs == "overlap" and not dataset.has_poses:
-                raise ConfigError(f"{where}.methods: {method!r} needs ground-truth overlap, which a "
-                                  f"`{dataset.conf.source}` dataset does not have; remove it")
+                raise _not_configured((*where, "methods", i), method, "methods", confs)
+            if confs[method].needs == "overlap" and not dataset.has_ground_truth:
+                extra = " without `gt_pairs`" if "gt_pairs" in fields_of(dataset.reader.Options) else ""
+                raise ConfigError(f"{key_path((*where, 'methods', i))}: {method!r} needs ground-truth overlap, which "
+                                  f"a `{dataset.conf.source}` dataset{extra} does not have; remove it from the list",
+                                  (*where, "methods", i))
     for name, conf in confs.items():
         encoder = getattr(conf, "encoder", None)
         if encoder is not None and encoder not in encoders:
-            raise ConfigError(f"config: methods.{name}.encoder {encoder!r} is not under `encoders:`")
+            raise _not_configured(("methods", name, "encoder"), encoder, "encoders", encoders)
     for name, entry in encoders.items():
-        where = f"config: encoders.{name}"
+        where = ("encoders", name)
         conf = EncoderConf.from_dict(entry, f"encoders.{name}")
         if conf.backbone is not None and conf.backbone not in backbones:
-            raise ConfigError(f"{where}.backbone {conf.backbone!r} is not under `backbones:`; add it there")
-        for ds in conf.train.datasets if conf.train else ():
+            raise _not_configured((*where, "backbone"), conf.backbone, "backbones", backbones)
+        for i, ds in enumerate(conf.train.datasets if conf.train else ()):
             if ds not in datasets:
-                raise ConfigError(f"{where}.train.datasets names {ds!r}, which is not under `datasets:`")
-            if not datasets[ds].has_depth:
-                with_depth = sorted({d.conf.source for d in datasets.values() if d.has_depth})
-                raise ConfigError(f"{where}.train.datasets: {ds!r} has no depth maps to train from "
-                                  f"(sources with depth here: {', '.join(with_depth) or 'none'})")
+                raise _not_configured((*where, "train", "datasets", i), ds, "datasets", datasets)
+            if not (datasets[ds].has_depth or datasets[ds].has_poses):
+                usable = sorted(d for d, entry in datasets.items() if entry.has_depth or entry.has_poses)
+                raise ConfigError(f"{key_path((*where, 'train', 'datasets', i))}: {ds!r} has neither depth maps nor "
+                                  "posed images (whose 3D points' tracks give the labels) to train from; name a posed "
+                                  f"dataset\n  datasets that can train here: {listing(usable) or 'none'}",
+                                  (*where, "train", "datasets", i))

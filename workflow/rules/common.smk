@@ -1,16 +1,17 @@
 # Config lookups shared by the rules. Layouts live in the package (vop.datasets, vop.conf): the workflow
 # asks it and keeps none of its own. Every value a job depends on goes through `params:`.
+import os
 import re
 
 from snakemake.exceptions import WorkflowError
 
-from vop.conf import ConfigError, method_conf
+from vop.conf import method_conf
+from vop.config_errors import exit_on_config_error
+from vop.datasets import PROTOCOLS
 from vop.workflow import load_datasets
 
-try:
+with exit_on_config_error():  # the message (key path and fix first), without a traceback
     DATASETS = load_datasets(config)  # name -> vop.datasets.Dataset
-except ConfigError as err:
-    raise WorkflowError(str(err)) from None
 METHODS = config["methods"]
 ENCODERS = config["encoders"]
 TRAINED_ENCODERS = [name for name, enc in ENCODERS.items() if "train" in enc]
@@ -57,14 +58,33 @@ def needed_files(dataset, scene, needs):
     """The paths of what a scene's stage reads (vop.datasets.Needs): files under a configured root, the
     stamps of the archive parts to unpack, or the stamp of the generated scene."""
     paths = list(needs.files)
-    paths += [rules.extract_part.output[0].format(dataset=dataset, part=part) for part in needs.parts]
+    paths += [(rules.place_part if DATASETS[dataset].archive_part(part).placed else rules.extract_part)
+              .output[0].format(dataset=dataset, part=part) for part in needs.parts]
     if needs.generated:
         paths.append(rules.generate_scene.output[0].format(dataset=dataset, scene=scene))
     return paths
 
 
 def gt_inputs(wildcards):
+    """The native files of a scene's ground truth; its local features too where it triangulates tracks."""
     needs = DATASETS[wildcards.dataset].ground_truth_needs(wildcards.scene)
+    inputs = {"native": needed_files(wildcards.dataset, wildcards.scene, needs)}
+    if needs.local_features:
+        inputs["local_features"] = scene_file("local_features", wildcards)
+    return inputs
+
+
+def gt_triangulation(wildcards):
+    """The `triangulation` block for a scene whose ground truth triangulates tracks, else None (so that
+    changing it reruns only those scenes)."""
+    if DATASETS[wildcards.dataset].ground_truth_needs(wildcards.scene).local_features:
+        return canonical(config["triangulation"])
+    return None
+
+
+def image_inputs(wildcards):
+    """The images a scene's job reads (or the archive parts / generated scene they come with)."""
+    needs = DATASETS[wildcards.dataset].image_needs(wildcards.scene)
     return needed_files(wildcards.dataset, wildcards.scene, needs)
 
 
@@ -80,10 +100,6 @@ def scene_file(rule, wildcards, **more):
 
 def reader_args(wildcards):
     return canonical(DATASETS[wildcards.dataset].reader_args(wildcards.scene))
-
-
-def image_dir(wildcards):
-    return DATASETS[wildcards.dataset].image_dir(wildcards.scene)
 
 
 def backbone_of(dataset):
@@ -135,9 +151,13 @@ def method_backbone(dataset, method):
 
 
 def retrieval_mode(dataset):
-    """register (every image against its scene) or retrieve (the `queries` glob against the rest)."""
+    """register (every image against its scene) or retrieve (the `queries` glob against the rest), and the
+    dataset's depth `k` where it replaces the methods' (a protocol's: vpr, revisitop, gl3d)."""
     ds = DATASETS[dataset]
-    return {"mode": "retrieve", "queries": ds.queries} if ds.mode == "retrieve" else {"mode": "register"}
+    mode = {"mode": "retrieve", "queries": ds.queries} if ds.mode == "retrieve" else {"mode": "register"}
+    if ds.retrieval_k is not None:
+        mode["k"] = ds.retrieval_k
+    return mode
 
 
 def retrieval_inputs(wildcards):
@@ -171,3 +191,77 @@ def auc_inputs(wildcards):
     if DATASETS[ds].has_poses:  # images without poses: retrieval only, no pose.csv
         inputs["pose"] = [rules.pose.output[0].format(dataset=ds, scene=s, method=m) for m, s in runs]
     return inputs
+
+
+# The other protocols (protocols.smk)
+
+OTHER_PROTOCOLS = [p for p in PROTOCOLS if p != "auc"]  # vpr, revisitop, gl3d
+
+
+def protocol_datasets():
+    return datasets_where(lambda ds: ds.protocol != "auc")
+
+
+def placed_parts_datasets():
+    """Downloaded datasets with files that place_part puts in place (vop.datasets.ArchivePart.placed)."""
+    return datasets_where(
+        lambda ds: ds.downloaded and any(p.placed for s in ds.scenes for p in ds.reader.archive_parts(s))
+    )
+
+
+def protocol_inputs(wildcards):
+    """Each run's files, in the order of protocol_runs(), and the native ground truth the tables read."""
+    ds = DATASETS[wildcards.dataset]
+    if wildcards.protocol != ds.protocol:
+        raise WorkflowError(f"dataset {wildcards.dataset!r} is scored by the {ds.protocol} protocol: its table is "
+                            f"results/{wildcards.dataset}/{ds.protocol}.csv")
+    runs = [(run["method"], run["scene"]) for run in protocol_runs(wildcards.dataset)]
+    inputs = {
+        "pairs": [rules.retrieve.output.pairs.format(dataset=ds.name, scene=s, method=m) for m, s in runs],
+        "gt": [rules.ground_truth.output[0].format(dataset=ds.name, scene=s) for m, s in runs],
+        "truth": [p for s in ds.scenes for p in needed_files(ds.name, s, ds.ground_truth_needs(s))],
+    }
+    if ds.protocol == "gl3d":
+        inputs["match_pairs"] = [rules.match_pairs.output[0].format(dataset=ds.name, scene=s, method=m) for m, s in runs]
+    return inputs
+
+
+def protocol_targets(names):
+    """The table and figure of every dataset in `names` scored by another protocol than poses."""
+    out = []
+    for name in names:
+        ds = DATASETS[name]
+        if ds.protocol != "auc" and ds.conf.methods:
+            out += [rules.protocol_table.output[0].format(dataset=name, protocol=ds.protocol),
+                    rules.protocol_plot.output[0].format(dataset=name, protocol=ds.protocol)]
+    return out
+
+
+def protocol_runs(dataset):
+    """The (method, scene) runs of a protocol table (vpr, revisitop, gl3d): with the reader's arguments,
+    and `k`, the depth the table scores (match_pairs.txt's lines per query for gl3d)."""
+    ds = DATASETS[dataset]
+    return [
+        {"method": m, "scene": s, **retrieval_mode(dataset), "k": ds.k, "reader": canonical(ds.reader_args(s))}
+        for m in ds.conf.methods
+        for s in ds.scenes
+    ]
+
+
+def run_summary_inputs(wildcards):
+    """The dataset's last outputs (its table, and its figures where it has poses): the summary comes after
+    every job it counts."""
+    ds = wildcards.dataset
+    if DATASETS[ds].protocol != "auc":
+        return protocol_targets([ds])
+    inputs = [rules.auc_table.output[0].format(dataset=ds)]
+    if DATASETS[ds].has_poses:
+        inputs.append(rules.plots.output.summary.format(dataset=ds))
+    return inputs
+
+
+def summary_results_dirs(dataset):
+    """results/<dataset> and those of the datasets its methods' trained encoders learnt from."""
+    encoders = {METHODS[m].get("encoder") for m in DATASETS[dataset].conf.methods} & set(TRAINED_ENCODERS)
+    training = sorted({d for e in encoders for d in ENCODERS[e]["train"]["datasets"]} - {dataset})
+    return [os.path.dirname(rules.auc_table.output[0].format(dataset=d)) for d in [dataset, *training]]

@@ -36,7 +36,7 @@ rule download_archive:
     log:
         "logs/{dataset}/download_{archive}.log",
     benchmark:
-        "logs/{dataset}/download_{archive}.benchmark.tsv"
+        "logs/{dataset}/download_archive-{archive}.benchmark.tsv"
     localrule: True
     conda:
         "../../envs/vop.yaml"
@@ -63,7 +63,7 @@ rule extract_part:
     log:
         "logs/{dataset}/extract_{part}.log",
     benchmark:
-        "logs/{dataset}/extract_{part}.benchmark.tsv"
+        "logs/{dataset}/extract_part-{part}.benchmark.tsv"
     conda:
         "../../envs/vop.yaml"
     script:
@@ -71,13 +71,16 @@ rule extract_part:
 
 
 rule ground_truth:
-    """Intrinsics, poses, image sizes and overlap of one scene, read from its native files."""
+    """Intrinsics, poses, image sizes and overlap of one scene, read from its native files; posed images
+    without 3D points get tracks triangulated from their local features (vop.ground_truth)."""
     input:
-        gt_inputs,
+        unpack(gt_inputs),
     output:
         "results/{dataset}/{scene}/gt.h5",
     params:
         reader=reader_args,
+        triangulation=gt_triangulation,
+    threads: lambda wc: 2 if gt_triangulation(wc) is not None else 1
     resources:
         mem_mb=mem_mb(2000),
     log:

@@ -1,8 +1,9 @@
-# Encoder: patch labels from depth, training of the VOP head, and its patch embeddings per scene.
+# Encoder: patch labels (from depth or tracks), training of the VOP head, and its patch embeddings per scene.
 
 
 rule patch_labels:
-    """Ground-truth patch correspondences of sampled image pairs, from depth (cached per scene)."""
+    """Ground-truth patch correspondences of sampled image pairs, from depth or from the tracks of 3D points
+    in gt.h5 (`labels.geometry`; cached per scene)."""
     input:
         unpack(labels_inputs),
     output:

@@ -1,14 +1,15 @@
-# Features: backbone tokens per image (CLS + 16x16 patches).
+# Features: backbone tokens per image (CLS + 16x16 patches). The images are the input: replacing one reruns it.
 
 
 rule features:
     """Batched backbone forward pass over every image of a scene."""
     input:
-        gt=rules.ground_truth.output[0],
+        images=image_inputs,
+        gt=rules.ground_truth.output[0],  # the image order, and views (crops) where the source has them
     output:
         "results/{dataset}/{scene}/features-{backbone}.h5",
     params:
-        image_dir=image_dir,
+        reader=reader_args,
         conf=lambda wc: canonical(config["backbones"][wc.backbone]),
         # training scenes also keep the tokens of the mirrored images (flip augmentation)
         with_flipped=lambda wc: used_for_training(wc.dataset),

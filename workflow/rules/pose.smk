@@ -2,13 +2,14 @@
 
 
 rule local_features:
-    """SIFT keypoints and descriptors of every image of a scene (hloc layout), shared by all methods."""
+    """SIFT keypoints and descriptors of every image of a scene (hloc layout), shared by all methods and by
+    the ground truth of scenes that triangulate tracks (so it reads the images, not gt.h5)."""
     input:
-        gt=rules.ground_truth.output[0],
+        images=image_inputs,
     output:
         "results/{dataset}/{scene}/local_features.h5",
     params:
-        image_dir=image_dir,
+        reader=reader_args,
         conf=canonical(config["local_features"]),
     threads: 2
     resources:

@@ -5,7 +5,9 @@ stages and the workflow ask about a scene in its native layout:
 
     scene = open_scene("megadepth", "resources/megadepth", "0015")
     scene.image_dir                 # image names are relative to it
-    scene.ground_truth()            # GroundTruth: names, K, T_w2cam, image sizes, overlap (or None)
+    scene.image_names()             # the images, in ground-truth order, from the listing alone
+    scene.ground_truth()            # GroundTruth: names, K, T_w2cam, image sizes, overlap (or None), tracks
+    scene.needs_tracks()            # posed but no 3D points: the ground-truth stage triangulates
     scene.depth(name, (w, h))       # z-depth (h, w) float32 for training labels; NoDepthError without
     scene.input_files()             # the native files its ground truth reads
     MegaDepthScene.archive_parts("0015")   # what to download and unpack for it
@@ -28,8 +30,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vop.conf import Conf, ConfigError, DatasetConf, closest, fields_of
-from vop.io import GroundTruth, write_gt
+from vop.conf import Conf, ConfigError, DatasetConf, did_you_mean, fields_of, listing
+from vop.io import GroundTruth, check_image_name
 
 # name -> "module:Class"; the modules are imported when a source is first used
 SOURCES = {
@@ -39,7 +41,16 @@ SOURCES = {
     "inloc": "vop.datasets.inloc:InLocScene",
     "colmap": "vop.datasets.colmap:ColmapScene",
     "folder": "vop.datasets.folder:FolderScene",
+    "vpr": "vop.datasets.vpr:VprScene",
+    "revisitop": "vop.datasets.revisitop:RevisitopScene",
+    "image_list": "vop.datasets.image_list:ImageListScene",
+    "gl3d": "vop.datasets.image_list:Gl3dScene",
+    "synthetic_vpr": "vop.datasets.synthetic_protocols:SyntheticVprScene",
+    "synthetic_revisitop": "vop.datasets.synthetic_protocols:SyntheticRevisitopScene",
+    "synthetic_image_list": "vop.datasets.synthetic_protocols:SyntheticImageListScene",
 }
+# The table each protocol writes, results/{dataset}/{protocol}.csv (auc: the pose protocol, vop.metrics)
+PROTOCOLS = ("auc", "vpr", "revisitop", "gl3d")
 _CLASSES: dict[str, type[SceneReader]] = {}
 
 
@@ -57,7 +68,9 @@ class ArchivePart:
     """The members of one downloaded archive that a scene needs, unpacked by their own job.
 
     `target` is the folder below the dataset's download folder (resources/{dataset}) that the members
-    land in, with their paths in the archive; `role` says which stage reads them.
+    land in, with their paths in the archive (`flatten`: by their basenames, several parts may then fill
+    one folder); `role` says which stage reads them. An `archive` that is not an archive by its name (a
+    .pkl, a .txt) is one file, copied into `target`.
     """
 
     name: str
@@ -65,15 +78,26 @@ class ArchivePart:
     member_prefix: str
     target: str = ""
     role: str = "ground_truth"  # or "depth" (training labels only)
+    flatten: bool = False  # every file straight into `target` by its basename (revisitop's jpg/)
+
+    @property
+    def placed(self) -> bool:
+        """Put in place by the `place_part` rule (a plain file copied, or an archive flattened) rather
+        than unpacked with its paths by `extract_part`."""
+        from vop.download import archive_kind
+
+        return self.flatten or archive_kind(self.archive) is None
 
 
 @dataclass(frozen=True)
 class Needs:
-    """What a stage of one scene reads: files on disk, archive parts to unpack, or the generated scene."""
+    """What a stage of one scene reads: files on disk, archive parts to unpack, or the generated scene;
+    `local_features`: the scene's local features too (ground truth triangulated from tracks)."""
 
     files: tuple[str, ...] = ()
     parts: tuple[str, ...] = ()
     generated: bool = False
+    local_features: bool = False
 
 
 class SceneReader:
@@ -90,6 +114,10 @@ class SceneReader:
     single_scene: ClassVar[bool] = False  # without `scenes`, the root is one scene named after the dataset
     default_mode: ClassVar[str] = "register"
     default_queries: ClassVar[str | None] = None
+    protocol: ClassVar[str] = "auc"  # its table: results/{dataset}/{protocol}.csv (PROTOCOLS)
+    # how many database images each query's list holds: None (each method's k), a number, or "all"
+    default_k: ClassVar[int | str | None] = None
+    min_k: ClassVar[int] = 1  # the protocol's deepest cut (VPR's R@20)
 
     def __init__(self, root: str | Path, scene: str | None = None, **options):
         self.root = Path(root)
@@ -107,6 +135,33 @@ class SceneReader:
     def ground_truth(self) -> GroundTruth:
         raise NotImplementedError
 
+    def image_names(self) -> list[str]:
+        """The scene's image names (relative to `image_dir`) in the ground truth's order, i.e. sorted.
+
+        The workflow asks at start for the images a job reads: readers answer from their listing (model
+        file, folder, scene info) without computing the ground truth; this default computes it.
+        """
+        return list(self.ground_truth().names)
+
+    def checked_image_names(self) -> list[str]:
+        """`image_names()`, each checked where it enters the pipeline: a name that a pairs file cannot hold
+        (whitespace, a leading '#', control characters; vop.io.check_image_name) is refused, naming the image
+        and saying to rename it."""
+        names = self.image_names()
+        for name in names:
+            check_image_name(name, self.image_dir)
+        return names
+
+    def image_files(self) -> list[Path]:
+        """The files the images of `checked_image_names()` are read from (a source whose images are crops of
+        files, revisitop's queries, lists the files)."""
+        return [self.image_dir / n for n in self.checked_image_names()]
+
+    def needs_tracks(self) -> bool:
+        """Posed images without 3D points: the ground-truth stage matches their local features and
+        triangulates tracks with the poses held fixed (vop.ground_truth) for the overlap and for labels."""
+        return False
+
     def input_files(self) -> list[Path]:
         """The native files the ground truth reads (checked when the dataset's `root` is configured)."""
         return [self.scene_dir]
@@ -120,16 +175,35 @@ class SceneReader:
         """The parts of the source's archives that `scene` needs (downloaded sources)."""
         return []
 
+    @classmethod
+    def archive_url(cls, archive: str) -> str:
+        """Where `archive` is downloaded from when the dataset sets no `url` (sources whose files live on
+        several servers override it)."""
+        return f"{str(cls.url).rstrip('/')}/{archive}"
+
+    @classmethod
+    def retrieval_depth(cls, k: int | str) -> int | str:
+        """How many database images retrieval lists per query for a dataset depth `k` (MIRorR's K counts
+        the self pair, which retrieval does not list)."""
+        return k
+
+    @classmethod
+    def has_ground_truth(cls, options: Conf) -> bool:
+        """Whether scenes of this source (with these options) come with ground truth to score and to rank
+        the oracle by (overlap or relevance)."""
+        return cls.has_poses
+
     def depth(self, name: str, size) -> np.ndarray:
         raise NoDepthError(
             f"{self.scene_dir}: image {name}: a `{self.source}` scene has no depth maps, and training labels need "
             "ground-truth depth for every image; train encoders on datasets whose source has depth"
         )
 
-    def write_ground_truth(self, out_h5: str | Path) -> GroundTruth:
-        gt = self.ground_truth()
-        write_gt(out_h5, gt)
-        return gt
+    def write_ground_truth(self, out_h5: str | Path, **kwargs) -> GroundTruth:
+        """gt.h5 of this scene: the ground-truth stage (vop.ground_truth.write_scene_ground_truth)."""
+        from vop.ground_truth import write_scene_ground_truth
+
+        return write_scene_ground_truth(self, out_h5, **kwargs)
 
 
 def no_poses(names: list[str], sizes: np.ndarray) -> GroundTruth:
@@ -139,14 +213,22 @@ def no_poses(names: list[str], sizes: np.ndarray) -> GroundTruth:
                        np.asarray(sizes, np.int64).reshape(n, 2), None)
 
 
+def refuse_spaces(names: Sequence[str], where: str | Path) -> None:
+    """pairs.txt (hloc's and COLMAP's format) separates the two names of a pair by a space."""
+    spaced = [n for n in names if any(c.isspace() for c in n)]
+    if spaced:
+        raise ValueError(f"{where}: image name {spaced[0]!r} holds white space ({len(spaced)} such names), which "
+                         "pairs.txt (hloc's and COLMAP's `name0 name1` lines) cannot hold; rename the files")
+
+
 def reader_class(source: str) -> type[SceneReader]:
     """The reader of a source name, or of a `module:Class` path (imported and registered on first use)."""
     if source in _CLASSES:
         return _CLASSES[source]
     target = SOURCES.get(source) or (source if ":" in source else None)
     if target is None:
-        raise ConfigError(f"unknown dataset source {source!r}{closest(source, SOURCES)}; expected one of "
-                          f"{', '.join(SOURCES)} or a reader class as `module:Class`")
+        raise ConfigError(f"unknown dataset source {source!r}{did_you_mean(source, SOURCES)}\n"
+                          f"  allowed: {listing(SOURCES)}, or a reader class as `module:Class`")
     module, _, name = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -172,9 +254,8 @@ def split_queries(names: Sequence[str], mode: str = "register", queries: str | N
     when ranking). retrieve: queries are the names matching the glob `queries`, the database the rest.
     """
     num = len(names)
-    if num < 2:
-        raise ValueError(f"scene {scene!r} has {num} image(s): retrieval needs at least 2; "
-                         "remove the scene from the dataset's `scenes` in config/config.yaml")
+    if num < 2:  # the ground-truth stage refuses such scenes first, with the fix (vop.ground_truth)
+        raise ValueError(f"scene {scene!r} has {num} image(s): retrieval needs at least 2")
     everything = np.arange(num)
     if mode == "register":
         return everything, everything
@@ -197,6 +278,7 @@ class Dataset:
     def __init__(self, name: str, entry: Mapping[str, Any]):
         self.name = name
         self.where = f"datasets.{name}"
+        self._cache: dict[tuple[str, str], Needs] = {}  # the workflow asks per job: once per scene
         self.reader = reader_class(entry["source"])
         common = fields_of(DatasetConf)
         self.conf = DatasetConf.from_dict({k: v for k, v in entry.items() if k in common}, self.where)
@@ -206,21 +288,36 @@ class Dataset:
         except ConfigError as err:
             known = [*common, *fields_of(self.reader.Options)]
             key = next(k for k in own if k not in fields_of(self.reader.Options))
-            raise ConfigError(f"config: {self.where}.{key}: not a key of a `{self.conf.source}` dataset"
-                              f"{closest(key, known)}; its keys: {', '.join(known)}") from err
+            raise ConfigError(f"{self.where}.{key}: not a key of a `{self.conf.source}` dataset"
+                              f"{did_you_mean(key, known)}\n  allowed here: {listing(known)}",
+                              (*err.path[:-1], key)) from err
         self._check()
 
     def _check(self) -> None:
         """What the schema cannot say about one entry, with the fix."""
-        where, reader, conf = f"config: {self.where}", self.reader, self.conf
+        where, reader, conf = self.where, self.reader, self.conf
         if reader.generated and conf.root is not None:
-            raise ConfigError(f"{where}.root: `{conf.source}` scenes are always generated under resources/{self.name}")
+            raise ConfigError(f"{where}.root: remove it; `{conf.source}` scenes are always generated under "
+                              f"resources/{self.name}")
         if not reader.generated and reader.url is None and conf.root is None:
-            raise ConfigError(f"{where}: set `root` to the folder holding your images (and model)")
+            raise ConfigError(f"{where}.root: missing; set it to the folder holding your images (and model)")
         if conf.scenes is None and not reader.default_scenes and not reader.single_scene:
-            raise ConfigError(f"{where}: list its `scenes`")
+            raise ConfigError(f"{where}.scenes: missing; list the dataset's scenes (folders under its root)")
         if self.mode == "retrieve" and not self.queries:
-            raise ConfigError(f"{where}: mode retrieve needs `queries`, a glob over image names such as 'query/*'")
+            raise ConfigError(f"{where}.queries: missing; mode retrieve needs a glob over image names such as "
+                              "'query/*'")
+        if reader.protocol != "auc" and ((conf.mode or reader.default_mode) != reader.default_mode or conf.queries):
+            fixed = f"{reader.default_mode} mode" + (f", queries {reader.default_queries!r}" if reader.default_queries
+                                                      else "")
+            raise ConfigError(f"{where}.mode: the {reader.protocol} protocol of a `{conf.source}` dataset fixes its "
+                              f"queries ({fixed}); remove `mode` and `queries`")
+        if reader.default_k == "all" and conf.k is not None:
+            raise ConfigError(f"{where}.k: a `{conf.source}` dataset ranks the whole database for every query "
+                              f"(its metrics score the full ranking); remove `k`")
+        if isinstance(self.k, int) and self.k < reader.min_k:
+            raise ConfigError(f"{where}.k: {self.k} is below {reader.min_k}, the deepest cut of the "
+                              f"{reader.protocol} protocol (e.g. R@{reader.min_k}); set {self.where}.k: "
+                              f"{reader.min_k} or more")
 
     @property
     def has_poses(self) -> bool:
@@ -229,6 +326,27 @@ class Dataset:
     @property
     def has_depth(self) -> bool:
         return self.reader.has_depth
+
+    @property
+    def protocol(self) -> str:
+        """The table this dataset's scenes are scored in: auc (poses), vpr, revisitop or gl3d."""
+        return self.reader.protocol
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether its scenes can be scored (and ranked by the oracle): overlap or the protocol's labels."""
+        return self.reader.has_ground_truth(self.options)
+
+    @property
+    def k(self) -> int | str | None:
+        """The depth of every method's lists on this dataset: its `k`, else the source's (None: each
+        method's own k; "all": the whole database)."""
+        return self.conf.k if self.conf.k is not None else self.reader.default_k
+
+    @property
+    def retrieval_k(self) -> int | str | None:
+        """The k that replaces every method's k in retrieval on this dataset (None: each method's own)."""
+        return None if self.k is None else self.reader.retrieval_depth(self.k)
 
     @property
     def resources_dir(self) -> str:
@@ -283,12 +401,27 @@ class Dataset:
         return str(self.open(scene).image_dir)
 
     def ground_truth_needs(self, scene: str) -> Needs:
-        """What the ground truth of `scene` reads."""
-        return self._needs(scene, "ground_truth", lambda reader: reader.input_files())
+        """What the ground truth of `scene` reads (and whether it triangulates from local features)."""
+        key = ("ground_truth", scene)
+        if key not in self._cache:
+            needs = self._needs(scene, "ground_truth", lambda reader: reader.input_files())
+            if needs.files and self.open(scene).needs_tracks():
+                needs = Needs(needs.files, local_features=True)
+            self._cache[key] = needs
+        return self._cache[key]
 
     def depth_needs(self, scene: str) -> Needs:
         """What training labels of `scene` read besides its ground truth."""
         return self._needs(scene, "depth", lambda reader: reader.depth_files())
+
+    def image_needs(self, scene: str) -> Needs:
+        """What the stages that read the images of `scene` need: under a configured root the image files
+        themselves (so that replacing or touching one reruns exactly what reads it), else the archive parts
+        or the generated scene they come with. Names are checked here, where they enter."""
+        key = ("images", scene)
+        if key not in self._cache:  # asked by every rule that reads images, for every job
+            self._cache[key] = self._needs(scene, "ground_truth", lambda reader: reader.image_files())
+        return self._cache[key]
 
     def _needs(self, scene: str, role: str, files) -> Needs:
         reader = self.open(scene)
@@ -299,13 +432,13 @@ class Dataset:
         try:
             paths = [str(p) for p in files(reader)]
         except FileNotFoundError as err:
-            raise ConfigError(f"dataset {self.name!r}: {err}; set {self.where}.root in the config to the folder "
-                              f"that holds it (relative paths start at the working directory)") from err
+            raise ConfigError(f"{self.where}.root: {err}; set it to the folder that holds it (relative paths "
+                              "start at the working directory)") from err
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
-            raise ConfigError(f"dataset {self.name!r}: {missing[0]} not found; set {self.where}.root in the config "
-                              f"to the folder that holds it (now {self.root!r}; relative paths start at the "
-                              "working directory)")
+            raise ConfigError(f"{self.where}.root: {missing[0]} not found ({len(missing)} missing in all); set it to "
+                              f"the folder that holds it (now {self.root!r}; relative paths start at the working "
+                              "directory)")
         return Needs(files=tuple(paths))
 
     def archive_part(self, part: str) -> ArchivePart:
@@ -319,6 +452,8 @@ class Dataset:
         return f"{self.resources_dir}/{self.archive_part(part).target}".rstrip("/")
 
     def archive_url(self, archive: str) -> str:
-        if not self.url:
-            raise ConfigError(f"config: {self.where}: set `url`, the folder its archives are downloaded from")
-        return f"{self.url.rstrip('/')}/{archive}"
+        if self.conf.url:
+            return f"{self.conf.url.rstrip('/')}/{archive}"
+        if not self.reader.url:
+            raise ConfigError(f"{self.where}.url: missing; set it to the folder its archives are downloaded from")
+        return self.reader.archive_url(archive)

@@ -8,7 +8,8 @@ images sorted by name), and building a model from arrays (the synthetic generato
 
 from __future__ import annotations
 
-import logging
+import fnmatch
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,8 @@ import numpy as np
 
 from vop.conf import Conf
 from vop.datasets import SceneReader
-from vop.geometry import covisibility_overlap, pose_overlap
-from vop.io import GroundTruth
-
-logger = logging.getLogger(__name__)
+from vop.geometry import covisibility_overlap
+from vop.io import GroundTruth, Tracks
 
 MODEL_FILES = ("cameras", "images")  # what a model needs; points3D is optional (a model without points)
 PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
@@ -42,6 +41,52 @@ def model_files(path: str | Path) -> list[Path]:
         f"{path}: no COLMAP model here (need cameras.txt and images.txt, or cameras.bin and images.bin; "
         f"found {found[:10]}); point to the sparse model folder, e.g. sparse/0"
     )
+
+
+def model_image_names(path: str | Path) -> list[str]:
+    """The image names of the model in `path`, sorted, read from images.txt/.bin alone (no pycolmap: the
+    workflow asks at start, for a model of any size). A text line's name is the rest of the line after the
+    camera id, so that a name with a space is seen whole (COLMAP would read its first word)."""
+    images = model_files(path)[1]
+    names = []
+    if images.suffix == ".txt":
+        with open(images, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                fields = line.split(maxsplit=9)
+                if len(fields) < 10:
+                    raise ModelError(f"{images}: image line {line[:80]!r} has {len(fields)} fields, expected "
+                                     "IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME")
+                names.append(fields[9])
+                next(f, None)  # its POINTS2D line, possibly empty
+    else:
+        data = images.read_bytes()
+        try:
+            (count,), pos = struct.unpack_from("<Q", data, 0), 8
+            for _ in range(count):
+                pos += 64  # image id, qvec, tvec, camera id
+                end = data.index(b"\0", pos)
+                names.append(data[pos:end].decode("utf-8", "surrogateescape"))
+                (num_points,), pos = struct.unpack_from("<Q", data, end + 1), end + 9
+                pos += 24 * num_points
+        except (struct.error, ValueError) as err:
+            raise ModelError(f"{images}: truncated or not a COLMAP images.bin ({err}); write the model again") from err
+    return sorted(names)
+
+
+def has_points3D(path: str | Path) -> bool:
+    """Whether the model in `path` has 3D points (a points3D file with at least one point)."""
+    files = model_files(path)
+    if len(files) < 3:
+        return False
+    points = files[2]
+    if points.suffix == ".bin":
+        head = points.read_bytes()[:8]
+        return len(head) == 8 and struct.unpack("<Q", head)[0] > 0
+    with open(points, encoding="utf-8", errors="replace") as f:
+        return any(line.strip() and not line.lstrip().startswith("#") for line in f)
 
 
 def read_model(path: str | Path):
@@ -72,7 +117,8 @@ def camera_matrix(camera, where: str = "") -> np.ndarray:
 def ground_truth_from_model(model, where: str | Path | None = None) -> GroundTruth:
     """Calibration, poses and co-visibility overlap of a pycolmap model, images sorted by name.
 
-    P_i is the set of 3D point ids observed in image i; the overlap is None when the model has no 3D points.
+    P_i is the set of 3D point ids observed in image i; the observations are kept as `tracks` (where each
+    point is seen, for labels from tracks). Overlap and tracks are None when the model has no 3D points.
     """
     prefix = f"{where}: " if where is not None else ""
     images = sorted(model.images.values(), key=lambda im: im.name)
@@ -85,12 +131,15 @@ def ground_truth_from_model(model, where: str | Path | None = None) -> GroundTru
         K[i] = camera_matrix(camera, prefix)
         T[i, :3] = image.cam_from_world().matrix()
         size[i] = camera.width, camera.height
-    overlap = None
-    if model.num_points3D():
-        point_sets = [np.array([p.point3D_id for p in image.points2D if p.has_point3D()], np.int64)
-                      for image in images]
-        overlap = covisibility_overlap(point_sets)
-    return GroundTruth([im.name for im in images], K, T, size, overlap)
+    if not model.num_points3D():
+        return GroundTruth([im.name for im in images], K, T, size, None)
+    tracks = Tracks([], [])
+    for image in images:
+        seen = [p for p in image.points2D if p.has_point3D()]
+        tracks.xy.append(np.array([p.xy for p in seen], np.float32).reshape(-1, 2))
+        tracks.point_ids.append(np.array([p.point3D_id for p in seen], np.int64))
+    return GroundTruth([im.name for im in images], K, T, size, covisibility_overlap(tracks.point_sets()),
+                       tracks=tracks, overlap_source="points3D")
 
 
 @dataclass
@@ -143,14 +192,17 @@ class ColmapOptions(Conf):
 
     images: str = "images"
     model: str = "sparse"
+    select: tuple[str, ...] | None = None  # globs over image names: only the images matching one (a split)
 
 
 class ColmapScene(SceneReader):
     """Your own data: a COLMAP model (text or binary) and its image folder, in one scene folder.
 
     Without `scenes`, the dataset's root is the scene. When `model` holds no model but `model/0` does
-    (COLMAP's mapper output), that one is used. Without 3D points the overlap is estimated from the poses
-    (`vop.geometry.pose_overlap`). Image names are as in the model, relative to the image folder.
+    (COLMAP's mapper output), that one is used. `select` keeps the images whose names match one of its
+    globs (a dataset of part of a capture: a split). A model without 3D points `needs_tracks`: the ground-truth
+    stage triangulates its SIFT matches with the poses held fixed (vop.ground_truth). Image names are as in
+    the model, relative to the image folder.
     """
 
     source = "colmap"
@@ -174,15 +226,25 @@ class ColmapScene(SceneReader):
                                     f"{self.options.model}/")
         return model_files(self.model_dir)
 
-    def ground_truth(self) -> GroundTruth:
+    def image_names(self) -> list[str]:
         self.input_files()
-        model = read_model(self.model_dir)
-        missing = sorted(im.name for im in model.images.values() if not (self.image_dir / im.name).is_file())
+        names = model_image_names(self.model_dir)
+        if self.options.select is None:
+            return names
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, glob) for glob in self.options.select)]
+        if not chosen:
+            raise ValueError(f"{self.model_dir}: `select` {list(self.options.select)} matches none of its "
+                             f"{len(names)} images (e.g. {names[:2]}); fix the globs")
+        return chosen
+
+    def needs_tracks(self) -> bool:
+        return not has_points3D(self.model_dir)
+
+    def ground_truth(self) -> GroundTruth:
+        names = self.checked_image_names()  # before pycolmap, which reads a text name up to its first space
+        missing = [name for name in names if not (self.image_dir / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.image_dir / missing[0]}: image of {self.model_dir} not found "
                                     f"({len(missing)} missing in all); check the dataset's `images` key")
-        gt = ground_truth_from_model(model, self.model_dir)
-        if gt.overlap is None and len(gt.names):
-            logger.warning("%s: no 3D points; overlap estimated from the camera poses", self.model_dir)
-            gt.overlap = pose_overlap(gt.K, gt.T_w2cam, gt.image_size)
-        return gt
+        gt = ground_truth_from_model(read_model(self.model_dir), self.model_dir)
+        return gt if len(names) == len(gt.names) else gt.subset([gt.index()[n] for n in names])

@@ -100,7 +100,13 @@ class Eth3dScene(SceneReader):
             )
         return model
 
+    def image_names(self) -> list[str]:
+        if not self.model_dir.is_dir():
+            self.read_model()  # the error that says what the root must hold
+        return colmap.model_image_names(self.model_dir)
+
     def ground_truth(self):
+        self.checked_image_names()  # before pycolmap, which reads a text name up to its first space
         return colmap.ground_truth_from_model(self.read_model(), self.model_dir)
 
     def depth(self, name: str, size) -> np.ndarray:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vop.datasets import ArchivePart, SceneReader, no_poses
-from vop.datasets.folder import image_sizes, list_images
+from vop.datasets.folder import list_images
+from vop.images import image_sizes
 
 DEFAULT_URL = "http://www.ok.sc.e.titech.ac.jp/INLOC/materials/"
 CUTOUTS_DIR, QUERY_DIR = "database/cutouts", "query/iphone7"
@@ -48,7 +49,7 @@ class InLocScene(SceneReader):
     def image_dir(self) -> Path:
         return self.root
 
-    def ground_truth(self):
+    def image_names(self) -> list[str]:
         cutouts = self.root / CUTOUTS_DIR
         if self.scene != "all":
             cutouts = cutouts / self.scene
@@ -62,5 +63,8 @@ class InLocScene(SceneReader):
         queries = [f"{QUERY_DIR}/{n}" for n in list_images(self.root / QUERY_DIR)]
         if not database or not queries:
             raise FileNotFoundError(f"{cutouts if not database else self.root / QUERY_DIR}: no images{hint}")
-        names = sorted(database + queries)
+        return sorted(database + queries)
+
+    def ground_truth(self):
+        names = self.checked_image_names()
         return no_poses(names, image_sizes(self.root, names))

@@ -28,8 +28,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from vop.datasets import ArchivePart, NoDepthError, SceneReader
-from vop.datasets.folder import image_sizes
-from vop.io import GroundTruth
+from vop.images import image_sizes
+from vop.io import GroundTruth, check_image_name
 
 DEFAULT_URL = "https://cvg-data.inf.ethz.ch/megadepth/"
 TEST_SCENES = ("0015", "0022")
@@ -136,25 +136,34 @@ class MegaDepthScene(SceneReader):
                              "the file is not in the glue-factory layout")
         return path.relative_to(prefix).as_posix()
 
+    def _images(self) -> tuple[list[str], np.ndarray]:
+        """The scene's image names, sorted, and their indices in the scene info."""
+        info = self.info()
+        index = np.flatnonzero(self._valid())
+        names = [self._name(p) for p in info["image_paths"][index]]
+        order = np.argsort(names, kind="stable")  # images sorted by name, as the other readers
+        return [names[i] for i in order], index[order]
+
+    def image_names(self) -> list[str]:
+        return self._images()[0]
+
     def ground_truth(self) -> GroundTruth:
         info = self.info()
-        valid = self._valid()
-        index = np.flatnonzero(valid)
-        names = [self._name(p) for p in info["image_paths"][valid]]
+        names, index = self._images()
+        for name in names:
+            check_image_name(name, self.image_dir)
         missing = [n for n in names if not (self.image_dir / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.image_dir / missing[0]}: listed in {self.info_path} but missing "
                                     f"({len(missing)} in all); extract Undistorted_SfM.tar.gz again")
-        order = np.argsort(names, kind="stable")  # images sorted by name, as the other readers
-        index = index[order]
-        names = [names[i] for i in order]
         o = np.asarray(info["overlap_matrix"], np.float64)[np.ix_(index, index)]
         o = np.clip(np.nan_to_num(o, nan=0.0), 0.0, 1.0)
         overlap = np.maximum(o, o.T)
         np.fill_diagonal(overlap, 1.0)
         K = np.asarray(info["intrinsics"], np.float64)[index].reshape(-1, 3, 3)
         T = np.asarray(info["poses"], np.float64)[index].reshape(-1, 4, 4)
-        return GroundTruth(names, K, T, image_sizes(self.image_dir, names), overlap.astype(np.float32))
+        return GroundTruth(names, K, T, image_sizes(self.image_dir, names), overlap.astype(np.float32),
+                           overlap_source="scene_info")
 
     def depth_path(self, name: str) -> Path:
         return self.root / DEPTH_DIR / self.scene / f"{PurePosixPath(name).stem}.h5"

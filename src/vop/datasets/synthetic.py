@@ -40,6 +40,7 @@ from vop.conf import Conf, SyntheticConf
 from vop.datasets import colmap, eth3d
 from vop.geometry import qvec_to_rotmat, rotmat_to_qvec
 from vop.io import replace_dir
+from vop.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -579,17 +580,21 @@ def build_scene(seed: int, num_images: int = 24, width: int = 640, height: int =
 
 def generate_scene(out_dir: str | Path, seed: int, num_images: int = 24, width: int = 640, height: int = 480,
                    textures: list[str] | tuple[str, ...] | None = None, points_per_m2: float = 80.0,
-                   texels_per_m: float = 256.0, jpeg_quality: int = 95, overwrite: bool = False) -> Scene:
+                   texels_per_m: float = 256.0, jpeg_quality: int = 95, overwrite: bool = False,
+                   scene: Scene | None = None) -> Scene:
     """Render one scene into `out_dir` in the ETH3D layout; returns the scene (geometry, views, points).
 
     Everything is written into a temporary directory beside `out_dir` that is renamed at the end, so an
-    interrupted run leaves nothing half-written. `textures=None` uses EVAL_TEXTURES.
+    interrupted run leaves nothing half-written. `textures=None` uses EVAL_TEXTURES. `scene` renders a
+    scene built elsewhere (its views' sizes must be width x height) instead of this seed's room.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists: delete it or pass overwrite=True (--overwrite)")
     start = time.perf_counter()
-    scene = build_scene(seed, num_images, width, height, textures, texels_per_m)
+    if scene is None:
+        scene = build_scene(seed, num_images, width, height, textures, texels_per_m)
+    num_images = len(scene.views)
     ss = np.random.SeedSequence(seed)
     point_rng, *image_rngs = (np.random.default_rng(s) for s in ss.spawn(num_images + 1))
     points = sample_surface_points(point_rng, scene.quads, points_per_m2)
@@ -602,7 +607,8 @@ def generate_scene(out_dir: str | Path, seed: int, num_images: int = 24, width: 
         (tmp / DEPTH_DIR).mkdir(parents=True)
         visible, xys, colours = [], [], np.zeros((len(points), 3), np.uint8)
         seen = np.zeros(len(points), bool)
-        for k, (view, name) in enumerate(zip(scene.views, scene.names)):
+        views = progress(zip(scene.views, scene.names), len(scene.names), "render", "images", logger=logger)
+        for k, (view, name) in enumerate(views):
             hits = raycast(scene.quads, view.K, view.R, view.tvec, width, height)
             depth = hits.depth.astype(np.float32)  # as written: visibility is judged on the file's values
             image = photometric(image_rngs[k], shade(scene.quads, hits, texels_per_m))
