@@ -170,6 +170,7 @@ class DatasetConf(Conf):
     mode: Literal["register", "retrieve"] | None = None  # None: the source's (vop.datasets)
     queries: str | None = None
     k: int | None = None  # None: the source's depth (vpr 20, image_list 200, revisitop all), else each method's k
+    images_per_job: int | None = None  # None: a scene is one job; else features and retrieval in shards (vop.shards)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -88,6 +88,36 @@ def image_inputs(wildcards):
     return needed_files(wildcards.dataset, wildcards.scene, needs)
 
 
+def sharded(dataset):
+    """Features and retrieval in shards of `images_per_job` (vop.shards), planned by shard_plan."""
+    return DATASETS[dataset].conf.images_per_job is not None
+
+
+def shard_plan(wildcards):
+    """The scene's shards (after the shard_plan checkpoint has run)."""
+    from vop.shards import read_plan
+
+    return read_plan(checkpoints.shard_plan.get(dataset=wildcards.dataset, scene=wildcards.scene).output[0])
+
+
+def shard_memory(input, method):
+    """mem_mb of a sharded scene's index or query-shard job: 1500 MB of libraries plus what it holds
+    (vop.shards.job_memory_mb, from the scene's size and its shards'); retries add as for every rule."""
+    from vop.shards import job_memory_mb
+
+    return 1500 + job_memory_mb(input.get("embeddings") or input.get("features"), input.plan, method)
+
+
+def features_inputs(wildcards):
+    """The images and the image order (gt.h5: with views, the crops where the source has them); for a
+    sharded dataset the features of its image shards instead."""
+    if sharded(wildcards.dataset):
+        shards = range(len(shard_plan(wildcards)["images"]))
+        return {"shards": [scene_file("features_shard", wildcards, backbone=wildcards.backbone, shard=i)
+                           for i in shards]}
+    return {"images": image_inputs(wildcards), "gt": scene_file("ground_truth", wildcards)}
+
+
 def labels_inputs(wildcards):
     needs = DATASETS[wildcards.dataset].depth_needs(wildcards.scene)
     return {"gt": scene_file("ground_truth", wildcards), "depth": needed_files(wildcards.dataset, wildcards.scene, needs)}
@@ -160,7 +190,28 @@ def retrieval_mode(dataset):
     return mode
 
 
+def method_files(wildcards):
+    """The scene file a method reads besides gt.h5: the backbone's features or the encoder's embeddings."""
+    entry = METHODS[wildcards.method]
+    needs = method_conf(entry).needs
+    if needs == "features":
+        return {"features": scene_file("features", wildcards, backbone=backbone_of(wildcards.dataset))}
+    if needs == "embeddings":
+        return {"embeddings": scene_file("embeddings", wildcards, encoder=entry["encoder"])}
+    return {}
+
+
+def sharded_retrieval(wildcards):
+    """Whether the method ranks this scene in query shards (cls and vop on a sharded dataset)."""
+    return sharded(wildcards.dataset) and bool(method_files(wildcards))
+
+
 def retrieval_inputs(wildcards):
+    if sharded_retrieval(wildcards):  # the shards' rows, merged
+        shards = range(len(shard_plan(wildcards)["queries"]))
+        return {"gt": scene_file("ground_truth", wildcards),
+                "shards": [rules.retrieve_shard.output[0].format(dataset=wildcards.dataset, scene=wildcards.scene,
+                                                                 method=wildcards.method, shard=i) for i in shards]}
     entry = METHODS[wildcards.method]
     inputs = {"gt": scene_file("ground_truth", wildcards)}
     needs = method_conf(entry).needs

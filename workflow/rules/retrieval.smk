@@ -14,7 +14,7 @@ rule retrieve:
         backbone=lambda wc: method_backbone(wc.dataset, wc.method),
         mode=lambda wc: retrieval_mode(wc.dataset),
     resources:
-        gpu=1,
+        gpu=lambda wc: 0 if sharded_retrieval(wc) else 1,  # then it only merges its shards' rows
         mem_mb=mem_mb(4000),
     log:
         "logs/{dataset}/{scene}/{method}/retrieve.log",
