@@ -1,6 +1,6 @@
 # VOP overlap retrieval: which images overlap, and what poses that gives.
-# Stages (one .smk each): data -> ground truth -> features -> embeddings -> retrieval -> pose -> metrics;
-# protocols.smk: the tables of the other protocols (vpr, revisitop, gl3d) after retrieval.
+# Stages (one .smk each): data -> ground truth -> features -> embeddings -> retrieval (verify) -> matches ->
+# pose -> metrics; protocols.smk: the tables of the other protocols (vpr, revisitop, gl3d) after retrieval.
 from snakemake.utils import min_version
 
 from vop.config_errors import exit_on_config_error, validate_config
@@ -33,6 +33,8 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/encoder.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/shards.smk"
+include: "workflow/rules/verify.smk"
+include: "workflow/rules/matches.smk"
 include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/protocols.smk"

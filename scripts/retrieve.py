@@ -2,7 +2,7 @@
 merged from the scene's query shards)."""
 from pathlib import Path
 
-from vop.conf import method_conf
+from vop.conf import MatchingConf, method_conf
 from vop.retrieval import MethodRun, merge_shards
 from vop.utils import setup_logging
 
@@ -17,6 +17,12 @@ run = MethodRun.open(
     queries=snakemake.params.mode.get("queries"),
     info={"backbone": snakemake.params.backbone},
     k=snakemake.params.mode.get("k"),  # a dataset's depth (a protocol's), replacing the method's k
+    # verify only: its first stage's ranking, the matches store (and the conf it was written with), features
+    first_stage_scores=snakemake.input.get("first_stage"),
+    matches_h5=snakemake.input.get("matches"),
+    local_features_h5=snakemake.input.get("local_features"),
+    matching=MatchingConf.from_dict(snakemake.params.matching or {}, "matching"),
+    num_workers=snakemake.threads,
 )
 shards = snakemake.input.get("shards")
 run.write(merge_shards(shards) if shards else run.rank(), Path(snakemake.output.pairs).parent)

@@ -37,6 +37,7 @@ def schema_blocks():
     blocks = {
         "labels": (p["labels"], conf.LabelsConf),
         "local_features": (p["local_features"], conf.LocalFeaturesConf),
+        "matching": (p["matching"], conf.MatchingConf),
         "pose": (p["pose"], conf.PoseConf),
         "metrics": (p["metrics"], conf.MetricsConf),
         "triangulation": (p["triangulation"], conf.TriangulationConf),
@@ -120,7 +121,7 @@ def test_from_dict_names_the_key_and_suggests_the_fix():
         conf.method_conf({"type": "vopp", "k": 5}, "methods.x")
     pose = conf.PoseConf.from_dict({"threshold_px": [1, 2]})
     assert pose.thresholds == (1.0, 2.0) and conf.PoseConf.from_dict({"threshold_px": 1.5}).thresholds == (1.5,)
-    assert pose.to_dict() == {"estimator": "opencv", "threshold_px": [1, 2], "ratio": 0.8}
+    assert pose.to_dict() == {"estimator": "opencv", "threshold_px": [1, 2]}
     train = conf.EncoderConf.from_dict({"type": "vop", "backbone": "dense_sift", "train": {"datasets": ["d"]}})
     assert isinstance(train.train, conf.TrainConf) and train.train.datasets == ("d",)
 
@@ -156,11 +157,12 @@ def test_cross_references_lead_with_the_key_and_the_fix():
     config["encoders"]["vop_sift"]["train"]["datasets"] = ["demo_trian"]
     assert _load_error(config)[0] == ("encoders.vop_sift.train.datasets[0]: 'demo_trian' is not under `datasets:`; "
                                       "did you mean 'demo_train'?")
-    config["encoders"]["vop_sift"]["train"]["datasets"] = ["mary_rose"]  # a COLMAP model: no depth maps
-    assert _load_error(config) == [
-        "encoders.vop_sift.train.datasets[0]: 'mary_rose' has no depth maps to train from; name a dataset with depth",
-        "  datasets with depth here: demo, demo_train, eth3d, megadepth (sources with depth: synthetic, eth3d, "
-        "megadepth)"]
+    config["encoders"]["vop_sift"]["train"]["datasets"] = ["inloc"]  # no depth maps, no poses (hence no tracks)
+    error = _load_error(config)
+    assert error[0] == ("encoders.vop_sift.train.datasets[0]: 'inloc' has neither depth maps nor posed images "
+                        "(whose 3D points' tracks give the labels) to train from; name a posed dataset")
+    assert error[1].startswith("  datasets that can train here: demo, demo_train, eth3d")
+    assert "mary_rose" in error[1] and "inloc" not in error[1]
     config["encoders"]["vop_sift"]["train"]["datasets"] = ["demo_train"]
     config["datasets"]["photos"] = {"source": "folder", "root": "photos", "backbone": "dense_sift",
                                     "methods": ["cls", "oracle"]}

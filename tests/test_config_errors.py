@@ -65,7 +65,8 @@ def test_minimal_config_gets_nested_defaults_like_snakemake():
     validate_config(ours, SCHEMA)
     _snakemake_validate(theirs, SCHEMA)
     assert ours == theirs
-    assert ours["labels"] == {"pairs_per_bin": 40, "num_negative": 40, "stride": 2, "seed": 0, "depth_tol": 0.05}
+    assert ours["labels"] == {"pairs_per_bin": 40, "num_negative": 40, "stride": 2, "seed": 0, "depth_tol": 0.05,
+                              "geometry": "auto"}
     assert ours["pose"]["threshold_px"] == [0.5, 1.5, 2.0, 3.0]
     assert ours["datasets"]["d"]["synthetic"]["num_images"] == 24
     assert ours["encoders"]["e"]["train"]["epochs"] == 30

@@ -33,7 +33,7 @@ PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 SLURM_TOOLS = ["munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "srun", "scontrol", "sinfo", "scancel"]
 PARTITION, ACCOUNT = "vopdebug", "vopacct"
-GPU_RULES = ["features", "train_encoder", "embeddings", "retrieve"]
+GPU_RULES = ["features", "train_encoder", "embeddings", "retrieve", "first_stage", "matches"]
 # slurm clients look here when SLURM_CONF is not set: the plugin's job step drops SLURM_* variables
 # before its inner `srun`, which then finds the configuration the way it does on a configless node
 RUN_CONF = Path("/run/slurm/conf")
@@ -299,7 +299,8 @@ def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
     per_rule = rules.value_counts().to_dict()
     # one job per scene and stage (2 scenes), per method (3), the encoder once; the table is a local rule
     assert per_rule == {"generate_scene": 2, "ground_truth": 2, "features": 2, "patch_labels": 1,
-                        "train_encoder": 1, "embeddings": 1, "retrieve": 3, "local_features": 1, "pose": 3}
+                        "train_encoder": 1, "embeddings": 1, "retrieve": 3, "local_features": 1, "matches": 3,
+                        "pose": 3}
     # sbatch got each rule's threads and mem_mb
     for rule, cpus, memory in zip(rules, jobs["cpus"], jobs["memory"]):
         threads, mem_mb = rule_resources[rule]

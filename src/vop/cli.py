@@ -261,6 +261,13 @@ def _retrieve(p):
         m.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5 (image order, overlap)")
         if conf.needs in ("features", "embeddings"):
             m.add_argument(f"--{conf.needs}", type=Path, required=True, help=f"the scene's {conf.needs} h5")
+        if conf.needs == "matches":
+            m.add_argument("--first-stage-scores", type=Path, required=True,
+                           help="scores.csv of the first stage (e.g. `vop retrieve cls --k 100`)")
+            m.add_argument("--matches", type=Path, required=True, help="the scene's matches store (`vop match`)")
+            m.add_argument("--local-features", type=Path, required=True, help="local_features.h5")
+            m.add_argument("--workers", type=int, default=2, help="processes verifying pairs")
+            add_conf_flags(m, confs.MatchingConf)
         m.add_argument("--out-dir", type=Path, required=True, help="folder of pairs.txt, scores.csv, retrieval.json")
         m.add_argument("--scene", default="", help="the scene's name (in messages and the random seed)")
         m.add_argument("--mode", choices=["register", "retrieve"], default="register")
@@ -275,8 +282,13 @@ def _retrieve(p):
         from vop.retrieval import run_method
 
         conf = conf_from_args(confs.METHOD_CONFS[args.type], args)
+        verify = {}
+        if conf.needs == "matches":
+            verify = {"first_stage_scores": args.first_stage_scores, "matches_h5": args.matches,
+                      "local_features_h5": args.local_features, "num_workers": args.workers,
+                      "matching": conf_from_args(confs.MatchingConf, args)}
         run_method(conf, args.scene, args.gt, args.out_dir, getattr(args, "features", None),
-                   getattr(args, "embeddings", None), args.mode, args.queries, args.device, k=args.depth)
+                   getattr(args, "embeddings", None), args.mode, args.queries, args.device, k=args.depth, **verify)
     return run
 
 
@@ -294,20 +306,43 @@ def _local_features(p):
     return run
 
 
+def _match(p):
+    p.add_argument("--pairs", type=Path, nargs="+", required=True, help="pairs files (hloc format) to match")
+    p.add_argument("--local-features", type=Path, required=True, help="local_features.h5")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the matches store (matches.h5) to create or update: valid pairs in it are kept")
+    p.add_argument("--shared", type=Path, nargs="*", default=[], help="other stores to copy valid pairs from")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    add_conf_flags(p, confs.MatchingConf)
+
+    def run(args):
+        from vop.match_store import build_store
+
+        counts = build_store(args.out, args.pairs, args.local_features, conf_from_args(confs.MatchingConf, args),
+                             args.device, args.shared)
+        print(f"{args.out}: {counts['needed']} unordered pairs, {counts['reused']} reused, {counts['shared']} from "
+              f"the other stores, {counts['matched']} matched")
+    return run
+
+
 def _pose(p):
     p.add_argument("--pairs", type=Path, required=True, help="pairs.txt (hloc format)")
     p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5")
     p.add_argument("--local-features", type=Path, required=True, help="local_features.h5")
+    p.add_argument("--matches", type=Path, help="the scene's matches store (`vop match`); default: match here")
     p.add_argument("--out", type=Path, required=True, help="pose.csv to write")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", help="where to match without a store: cuda, cpu, ... (default: cuda when available)")
     add_conf_flags(p, confs.PoseConf)
+    add_conf_flags(p, confs.MatchingConf)
 
     def run(args):
         from vop.io import read_pairs
         from vop.pose import estimate_poses
 
         estimate_poses(read_pairs(args.pairs), args.gt, args.local_features, args.out,
-                       conf_from_args(confs.PoseConf, args), num_workers=args.workers)
+                       conf_from_args(confs.PoseConf, args), num_workers=args.workers, matches_h5=args.matches,
+                       matching=conf_from_args(confs.MatchingConf, args), device=args.device)
     return run
 
 
@@ -414,6 +449,7 @@ def _summary(p):
         print(summary.text())
         if args.tsv:
             write_summary(summary, args.tsv)
+    return run
 
 
 def _readme_tables(p):
@@ -474,6 +510,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "embeddings": (_embeddings, "apply an encoder (identity or VOP) to a features file"),
     "retrieve": (_retrieve, "rank the database images of every query with one method"),
     "local-features": (_local_features, "SIFT keypoints and descriptors of every image"),
+    "match": (_match, "match pairs once each into a scene's matches store (mutual NN + ratio test)"),
     "pose": (_pose, "relative pose of every retrieved pair, scored against the ground truth"),
     "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
     "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),

@@ -299,8 +299,22 @@ class RandomConf(MethodConf):
     seed: int = 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class VerifyConf(MethodConf):
+    """The first stage's top-`shortlist` reranked by geometrically verified local matches (SIFT +
+    fundamental-matrix RANSAC, vop.verification); ties and pairs below `min_inliers` keep first-stage order,
+    ranks past the shortlist too."""
+
+    needs: ClassVar[str | None] = "matches"
+    type: Literal["verify"] = "verify"
+    first_stage: str
+    shortlist: int = 100
+    min_inliers: int = 15
+    threshold_px: float = 4.0
+
+
 METHOD_CONFS: dict[str, type[MethodConf]] = {"cls": ClsConf, "vop": VopConf, "oracle": OracleConf,
-                                              "random": RandomConf}
+                                              "random": RandomConf, "verify": VerifyConf}
 
 
 def method_conf(entry: Mapping[str, Any], where: str = "methods") -> MethodConf:
@@ -327,12 +341,19 @@ class LocalFeaturesConf(Conf):
 
 
 @dataclass(frozen=True, kw_only=True)
+class MatchingConf(Conf):
+    """`matching`: mutual nearest neighbours that pass Lowe's ratio test, once per unordered pair of a
+    scene (vop.matching, the scene's matches store vop.match_store); read by pose and verify."""
+
+    ratio: float = 0.8
+
+
+@dataclass(frozen=True, kw_only=True)
 class PoseConf(Conf):
-    """`pose`: matching and relative pose of every retrieved pair (vop.pose)."""
+    """`pose`: relative pose of every retrieved pair from its stored matches (vop.pose)."""
 
     estimator: Literal["opencv", "poselib", "pycolmap"] = "opencv"
     threshold_px: float | tuple[float, ...] = (0.5, 1.5, 2.0, 3.0)
-    ratio: float = 0.8
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -357,11 +378,14 @@ class SoftwareConf(Conf):
 
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
-                                      "pose": PoseConf, "metrics": MetricsConf, "triangulation": TriangulationConf,
+                                      "matching": MatchingConf, "pose": PoseConf, "metrics": MetricsConf,
+                                      "triangulation": TriangulationConf,
                                       "software": SoftwareConf}
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
-    "LocalFeaturesConf", "METHOD_CONFS", "MethodConf", "MetricsConf", "OracleConf", "PoseConf", "RandomConf",
-    "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "TriangulationConf", "VopConf", "method_conf",
+    "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "OracleConf", "PoseConf",
+    "RandomConf", "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "TriangulationConf", "VerifyConf",
+    "VopConf",
+    "method_conf",
 ]

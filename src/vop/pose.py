@@ -1,9 +1,12 @@
 """The pose stage: relative pose of every retrieved pair, scored against the ground truth (`pose.csv`).
 
-For every retrieved (query, db) pair it matches the local features (vop.matching), estimates the relative
-pose at every RANSAC threshold of the sweep (vop.estimation) and scores it (vop.geometry). Pairs run in a
-pool of single-threaded worker processes, one per thread of the job. Local features follow hloc's pixel
-convention and the ground-truth K COLMAP's, so keypoints are shifted by half a pixel before estimation.
+Each unordered pair is estimated once, in its canonical orientation (vop.match_store): its matches come from
+the scene's matches store (or are matched here, batched, when no store is given: vop.matching), its pose is
+estimated at every RANSAC threshold of the sweep (vop.estimation), and each retrieved (query, db) row is
+scored (vop.geometry) with that estimate, inverted where the query is the pair's second image; so (a,b) and
+(b,a) cost one estimation. The pairs run in a pool of single-threaded worker processes, one per thread of
+the job. Local features follow hloc's pixel convention and the ground-truth K COLMAP's, so keypoints are
+shifted by half a pixel before estimation.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import cv2
 import numpy as np
 import threadpoolctl
 
-from vop.conf import PoseConf
+from vop.conf import MatchingConf, PoseConf
+from vop.estimates import estimate_key, read_estimates, write_estimates
 from vop.estimation import ESTIMATORS, estimate_relative_pose_sweep
 from vop.geometry import relative_pose_error
 from vop.io import POSE_COLUMNS, GroundTruth, read_gt, write_csv
 from vop.local_features import read_local_features
-from vop.matching import match_descriptors
+from vop.match_store import Pair, canonical_pair, feature_digest, read_matches, scene_lock, unique_pairs
+from vop.matching import match_pairs
 from vop.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -62,25 +67,37 @@ class PoseTask:
     gt: GroundTruth
     index: dict[str, int]
     conf: PoseConf
+    matches: dict[Pair, np.ndarray]  # canonical pair -> (M,2) matches
 
-    def pair(self, query: str, db: str) -> list:
-        f0, f1 = self.features[query], self.features[db]
-        matches = match_descriptors(f0["descriptors"], f1["descriptors"], ratio=self.conf.ratio)
-        i, j = self.index[query], self.index[db]
+    def pair(self, name0: str, name1: str) -> tuple:
+        """(num_matches, R, t, num_inliers, threshold) of T_{name0->name1}; R and t None when it failed."""
+        matches = self.matches[(name0, name1)]
+        f0, f1 = self.features[name0], self.features[name1]
+        i, j = self.index[name0], self.index[name1]
         # hloc keypoints -> COLMAP pixel convention of K.
         kpts0 = f0["keypoints"][matches[:, 0]] + 0.5
         kpts1 = f1["keypoints"][matches[:, 1]] + 0.5
         result = estimate_relative_pose_sweep(kpts0, kpts1, self.gt.K[i], self.gt.K[j], self.conf.thresholds,
                                               estimator=self.conf.estimator)
         if result is None:
-            # A failed pair still gets its row: no query is ever dropped.
-            return [query, db, len(matches), 0, math.nan, math.inf, math.inf]
+            return len(matches), None, None, 0, math.nan
         R, t, inliers, threshold = result
-        R_err, t_err = relative_pose_error(self.gt.relative_pose(i, j), R, t)
-        return [query, db, len(matches), int(inliers.sum()), threshold, R_err, t_err]
+        return len(matches), R, t, int(inliers.sum()), threshold
 
-    def pairs(self, chunk: Sequence[tuple[str, str]]) -> list[list]:
-        return [self.pair(q, d) for q, d in chunk]
+    def pairs(self, chunk: Sequence[tuple[str, str]]) -> list[tuple]:
+        return [self.pair(a, b) for a, b in chunk]
+
+
+def pose_row(query: str, db: str, estimate: tuple, gt: GroundTruth, index: dict[str, int]) -> list:
+    """The pose.csv row of (query, db) from the estimate of its canonical pair."""
+    num_matches, R, t, num_inliers, threshold = estimate
+    if R is None:
+        # A failed pair still gets its row: no query is ever dropped.
+        return [query, db, num_matches, 0, math.nan, math.inf, math.inf]
+    if canonical_pair(query, db) != (query, db):  # estimated as T_{db->query}: invert it
+        R, t = R.T, -R.T @ t
+    R_err, t_err = relative_pose_error(gt.relative_pose(index[query], index[db]), R, t)
+    return [query, db, num_matches, num_inliers, threshold, R_err, t_err]
 
 
 _WORKER_TASK: PoseTask | None = None  # the task of this worker process, set by its initializer
@@ -91,7 +108,7 @@ def _init_worker(task: PoseTask) -> None:
     _WORKER_TASK = task
 
 
-def _worker_pairs(chunk: Sequence[tuple[str, str]]) -> list[list]:
+def _worker_pairs(chunk: Sequence[tuple[str, str]]) -> list:
     return _WORKER_TASK.pairs(chunk)
 
 
@@ -109,14 +126,14 @@ def _one_thread():
             cv2.setNumThreads(previous)
 
 
-def _run_pairs(task: PoseTask, pairs: Sequence[tuple[str, str]], num_workers: int) -> list[list]:
-    """Rows of every pair, in order: here, or in a pool of single-threaded worker processes. Progress is
-    counted here, in the parent, as the rows come back."""
-    rows: list[list] = []
-    with _one_thread(), Progress(len(pairs), "pose", "pairs", logger=logger) as bar:
+def run_pairs(task, pairs: Sequence[tuple[str, str]], num_workers: int, desc: str = "pose") -> list:
+    """`task.pairs(pairs)`, in order: here, or in a pool of single-threaded worker processes (pose, verify).
+    Progress is counted here, in the parent, as the rows come back."""
+    rows: list = []
+    with _one_thread(), Progress(len(pairs), desc, "pairs", logger=logger) as bar:
         if num_workers <= 1 or len(pairs) < 2:
-            for query, db in pairs:
-                rows.append(task.pair(query, db))
+            for pair in pairs:
+                rows += task.pairs([pair])
                 bar.update()
             return rows
         num_workers = min(num_workers, len(pairs))
@@ -130,20 +147,40 @@ def _run_pairs(task: PoseTask, pairs: Sequence[tuple[str, str]], num_workers: in
             for chunk_rows in pool.imap(_worker_pairs, chunks):
                 rows += chunk_rows
                 bar.update(len(chunk_rows))
+            pool.close()  # let the workers exit: leaving the block would SIGTERM them (pycolmap's glog prints
+            pool.join()  # a stack trace for each)
     return rows
+
+def pair_matches(pairs: Sequence[Pair], features: dict[str, dict[str, np.ndarray]], matching: MatchingConf,
+                 matches_h5: str | Path | None = None, local_features_h5: str | Path | None = None,
+                 device: str | None = None) -> dict[Pair, np.ndarray]:
+    """{canonical pair: (M,2) matches} of the unordered `pairs`: read from the scene's store (checked against
+    `features` and `matching`) or, without one, matched here (vop.matching.match_pairs)."""
+    unique = unique_pairs(pairs)
+    if matches_h5 is not None:
+        return read_matches(matches_h5, unique, features, matching, local_features_h5)
+    descriptors = {name: features[name]["descriptors"] for pair in unique for name in pair}
+    found = match_pairs(descriptors, unique, matching.ratio, device=device)
+    return {pair: matches for pair, (matches, _) in zip(unique, found)}
 
 
 def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Path,
                    local_features_h5: str | Path, out_csv: str | Path, conf: PoseConf = PoseConf(),
-                   num_workers: int = 2, gt_path: str | Path | None = None) -> list[list]:
-    """Match, estimate and score every (query, db) pair, in order; write `pose.csv` atomically.
+                   num_workers: int = 2, gt_path: str | Path | None = None, matches_h5: str | Path | None = None,
+                   matching: MatchingConf = MatchingConf(), device: str | None = None,
+                   estimates_h5: str | Path | None = None, shared: Sequence[str | Path] = ()) -> list[list]:
+    """Estimate and score every (query, db) pair, in order; write `pose.csv` atomically.
 
     `gt` is a GroundTruth or the path of a gt.h5 (`gt_path` only names the file in error messages).
-    The ground truth is T_{query->db} = gt.relative_pose(i_query, i_db). Each pair is estimated at every
-    threshold of `conf.threshold_px` and the `threshold` column records the one kept. Every pair gets a
-    row: a pair whose estimation failed (too few matches, e.g. a textureless image, or a degenerate
-    configuration) has 0 inliers, no threshold and inf errors. Returns the rows. `num_workers` processes
-    share the pairs, each single-threaded; 1 runs them here on one thread.
+    The ground truth is T_{query->db} = gt.relative_pose(i_query, i_db). The matches come from the scene's
+    store `matches_h5` (vop.match_store, written with `matching`) or, without it, are matched here on
+    `device`. Each unordered pair is estimated once, in its canonical orientation, at every threshold of
+    `conf.threshold_px` (the `threshold` column records the one kept); (b,a) is scored with the inverse of
+    (a,b)'s estimate. Estimates made from the same inputs are copied from `estimates_h5` (the previous run's)
+    and the `shared` files (other methods' of the scene: vop.estimates) instead; `estimates_h5` then gets
+    this run's. Every pair gets a row: a pair whose estimation failed (too few matches, e.g. a textureless
+    image, or a degenerate configuration) has 0 inliers, no threshold and inf errors. Returns the rows.
+    `num_workers` processes share the pairs, each single-threaded; 1 runs them here on one thread.
     """
     if conf.estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {conf.estimator!r}; choose one of {sorted(ESTIMATORS)} "
@@ -157,9 +194,38 @@ def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Pat
     # Read once up front: h5py serialises access anyway, and each image is shared by many pairs.
     features = read_local_features(local_features_h5, names)
     _check_image_sizes(features, gt, index, local_features_h5, gt_path)
-    rows = _run_pairs(PoseTask(features, gt, index, conf), pairs, num_workers)
+    unique = unique_pairs(pairs)
+    estimates: dict[Pair, tuple] = {}
+    keys: dict[Pair, str] = {}
+    if estimates_h5 is not None or shared:
+        digests = {name: feature_digest(features[name]) for name in names}
+        keys = {(a, b): estimate_key(digests[a], digests[b], gt.K[index[a]], gt.K[index[b]], matching, conf)
+                for a, b in unique}
+        caches = ([str(estimates_h5)] if estimates_h5 is not None else []) + [str(p) for p in shared]
+        estimates, _ = read_estimates(list(dict.fromkeys(caches)), keys)
+    todo = [pair for pair in unique if pair not in estimates]
+    matches = pair_matches(todo, features, matching, matches_h5, local_features_h5, device)
+    estimates.update(zip(todo, run_pairs(PoseTask(features, gt, index, conf, matches), todo, num_workers)))
+    rows = [pose_row(q, d, estimates[canonical_pair(q, d)], gt, index) for q, d in pairs]
     write_csv(out_csv, POSE_COLUMNS, rows)
+    if estimates_h5:
+        write_estimates(estimates_h5, {pair: estimates[pair] for pair in unique}, keys)
     failed = sum(1 for r in rows if not math.isfinite(r[5]))
-    logger.info("Estimated %d relative poses with %s at thresholds %s px (%d failed) into %s",
-                len(rows), conf.estimator, list(conf.thresholds), failed, out_csv)
+    logger.info("Estimated %d relative poses (%d unordered pairs: %d estimated, %d copied from earlier estimates) "
+                "with %s at thresholds %s px (%d failed) into %s", len(rows), len(unique), len(todo),
+                len(unique) - len(todo), conf.estimator, list(conf.thresholds), failed, out_csv)
     return rows
+
+
+def estimate_scene_poses(pairs: Sequence[tuple[str, str]], gt_h5: str | Path, local_features_h5: str | Path,
+                         out_csv: str | Path, estimates_h5: str | Path, conf: PoseConf = PoseConf(),
+                         num_workers: int = 2, matches_h5: str | Path | None = None,
+                         matching: MatchingConf = MatchingConf()) -> list[list]:
+    """The rule's `estimate_poses`: a method's poses in results/{dataset}/{scene}/{method}/, sharing the
+    estimates of the scene's other methods (their poses.h5), in turns under the scene's lock."""
+    estimates_h5 = Path(estimates_h5)
+    scene_dir = estimates_h5.parent.parent
+    with scene_lock(scene_dir / f".{estimates_h5.name}.lock"):
+        shared = sorted(scene_dir.glob(f"*/{estimates_h5.name}"))
+        return estimate_poses(pairs, gt_h5, local_features_h5, out_csv, conf, num_workers, gt_h5, matches_h5,
+                              matching, estimates_h5=estimates_h5, shared=shared)

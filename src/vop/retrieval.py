@@ -7,6 +7,7 @@ with `type:` and is built into its conf (vop.conf: ClsConf, VopConf, OracleConf,
   vop     top-P candidates by global descriptor, then patch voting (vop.voting), top-k by votes
   oracle  top-k by ground-truth co-visibility overlap (the upper bound)
   random  seeded random images (the lower bound)
+  verify  another method's top-N shortlist reranked by geometrically verified local matches (vop.verification)
 
 Two modes, as in the paper: `register` (every image of the scene against all the others: ETH3D,
 MegaDepth) and `retrieve` (the images matching a `queries` glob against the others: InLoc); see
@@ -16,6 +17,7 @@ and retrieval.json.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import zlib
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vop import io
-from vop.conf import ClsConf, MethodConf, OracleConf, RandomConf, VopConf
+from vop.conf import ClsConf, MatchingConf, MethodConf, OracleConf, RandomConf, VerifyConf, VopConf
 from vop.datasets import split_queries
 from vop.prefilter import build_index, load_index, prefilter, save_index, search
 from vop.utils import l2_normalize
@@ -262,17 +264,44 @@ def write_outputs(ranking: Ranking, names: Sequence[str], out_dir: str | Path, p
                                                "num_queries": len(ranking.queries)})
 
 
+def read_ranking(scores_csv: str | Path, names: Sequence[str]) -> Ranking:
+    """The Ranking a method wrote into scores.csv (`write_outputs`), indices into `names`."""
+    index = {n: i for i, n in enumerate(names)}
+    ranks: dict[str, list[tuple[int, int, float, float]]] = {}
+    with open(scores_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for name in (row["query"], row["db"]):
+                if name not in index:
+                    raise ValueError(f"{scores_csv}: image {name!r} is not in the scene's gt.h5; the ranking is "
+                                     "from another scene or stale: rerun its rule")
+            ranks.setdefault(row["query"], []).append((int(row["rank"]), index[row["db"]], float(row["score"]),
+                                                       float(row["prefilter_score"])))
+    depth = {len(r) for r in ranks.values()}
+    if len(depth) > 1:
+        raise ValueError(f"{scores_csv}: queries have {sorted(depth)} ranks; expected the same number for each")
+    table = np.array([[entry[1:] for entry in sorted(r)] for r in ranks.values()], np.float64)
+    table = table.reshape(len(ranks), -1, 3)
+    return Ranking(np.array([index[q] for q in ranks], np.int64), table[..., 0].astype(np.int64), table[..., 1],
+                   table[..., 2])
+
+
 # ---------------------------------------------------------------------------------------------------
 # The registry and the rule's entry point
 
 
 @dataclass
 class SceneFiles:
-    """The files of one scene a method may read (which one it reads: its conf's `needs`)."""
+    """The files of one scene a method may read (which one it reads: its conf's `needs`), and how."""
 
     gt: io.GroundTruth
     features_h5: Path | None = None
     embeddings_h5: Path | None = None
+    # verify: its first stage's scores.csv, the scene's matches store (written with `matching`), local features
+    first_stage_scores: Path | None = None
+    matches_h5: Path | None = None
+    local_features_h5: Path | None = None
+    matching: MatchingConf = field(default_factory=MatchingConf)
+    workers: int = 1  # processes a method may use (verify's RANSAC)
     extend: bool = False  # lists deeper than a vop prefilter continue in prefilter order (retrieve_vop)
 
 
@@ -298,9 +327,29 @@ def _run_random(conf: RandomConf, files: SceneFiles, queries, database, scene, d
     return retrieve_random(conf, len(files.gt.names), queries, database, scene)
 
 
+def _run_verify(conf: VerifyConf, files: SceneFiles, queries, database, scene, device) -> Ranking:
+    # Reads the files of later stages (the matches store, local features): imported here.
+    from vop.verification import verify_ranking
+
+    for what in ("first_stage_scores", "matches_h5", "local_features_h5"):
+        if getattr(files, what) is None:
+            raise ValueError(f"verify: the scene's {what} is needed (its first stage's scores.csv, the matches "
+                             "store and the local features)")
+    first = read_ranking(files.first_stage_scores, files.gt.names)
+    if not np.array_equal(first.queries, queries) or not np.isin(first.db, database).all():
+        raise ValueError(f"{files.first_stage_scores}: ranks other queries or database images than this mode's; "
+                         "the first stage is stale: rerun its rule (first_stage)")
+    return verify_ranking(conf, first, files.gt.names, files.matches_h5, files.local_features_h5, files.matching,
+                          files.workers)
+
+
 # type -> (conf, scene files, query ids, database ids, scene name, device) -> Ranking
 RETRIEVERS: dict[str, Callable[..., Ranking]] = {"cls": _run_cls, "vop": _run_vop, "oracle": _run_oracle,
-                                                 "random": _run_random}
+                                                 "random": _run_random, "verify": _run_verify}
+
+
+def _path(value):
+    return Path(value) if value else None
 
 
 @dataclass
@@ -317,13 +366,15 @@ class MethodRun:
     @classmethod
     def open(cls, conf: MethodConf, scene: str, gt_h5: str | Path, features_h5: str | Path | None = None,
              embeddings_h5: str | Path | None = None, mode: str = "register", queries: str | None = None,
-             info: dict | None = None, k: int | str | None = None) -> MethodRun:
+             info: dict | None = None, k: int | str | None = None, first_stage_scores: str | Path | None = None,
+             matches_h5: str | Path | None = None, local_features_h5: str | Path | None = None,
+             matching: MatchingConf = MatchingConf(), num_workers: int = 1) -> MethodRun:
         gt = io.read_gt(gt_h5)
         query_ids, db_ids = split_queries(gt.names, mode, queries, scene)
         if k is not None:
             conf = conf.replace(k=len(db_ids) - (mode == "register") if k == "all" else int(k))
-        files = SceneFiles(gt, Path(features_h5) if features_h5 else None,
-                           Path(embeddings_h5) if embeddings_h5 else None, extend=k is not None)
+        files = SceneFiles(gt, _path(features_h5), _path(embeddings_h5), _path(first_stage_scores),
+                           _path(matches_h5), _path(local_features_h5), matching, num_workers, extend=k is not None)
         params = {**conf.to_dict(), **(info or {}), "scene": scene, "mode": mode}
         if k is not None:
             params["dataset_k"] = k
@@ -411,13 +462,34 @@ def merge_shards(paths: Sequence[str | Path]) -> Ranking:
 def run_method(conf: MethodConf, scene: str, gt_h5: str | Path, out_dir: str | Path,
                features_h5: str | Path | None = None, embeddings_h5: str | Path | None = None,
                mode: str = "register", queries: str | None = None, device: str | None = None,
-               info: dict | None = None, k: int | str | None = None) -> Ranking:
+               info: dict | None = None, k: int | str | None = None, first_stage_scores: str | Path | None = None,
+               matches_h5: str | Path | None = None, local_features_h5: str | Path | None = None,
+               matching: MatchingConf = MatchingConf(), num_workers: int = 1) -> Ranking:
     """Run one configured method on one scene and write its outputs; `info` goes into retrieval.json.
 
     `k` is the dataset's depth, which replaces the method's own: a number, or "all" (the whole database,
     revisitop); then a vop list deeper than its prefilter continues in prefilter order.
     """
-    run = MethodRun.open(conf, scene, gt_h5, features_h5, embeddings_h5, mode, queries, info, k)
+    run = MethodRun.open(conf, scene, gt_h5, features_h5, embeddings_h5, mode, queries, info, k,
+                         first_stage_scores, matches_h5, local_features_h5, matching, num_workers)
     ranking = run.rank(device)
     run.write(ranking, out_dir)
+    return ranking
+
+
+def run_first_stage(conf: VerifyConf, first: MethodConf, scene: str, gt_h5: str | Path, out_dir: str | Path,
+                    shortlist_txt: str | Path, features_h5: str | Path | None = None,
+                    embeddings_h5: str | Path | None = None, mode: str = "register", queries: str | None = None,
+                    device: str | None = None, info: dict | None = None) -> Ranking:
+    """The first stage of a verify method: `first` retrieving max(k, shortlist) per query, written to
+    `out_dir` (pairs.txt, scores.csv, retrieval.json), and each query's top `shortlist` pairs, the pairs to
+    verify, to `shortlist_txt`."""
+    if first.type == "verify":
+        raise ValueError("verify: its first_stage must be another kind of method, not verify")
+    ranking = run_method(first.replace(k=max(conf.k, conf.shortlist)), scene, gt_h5, out_dir, features_h5,
+                         embeddings_h5, mode, queries, device, info)
+    names = io.read_names(gt_h5)
+    n = min(conf.shortlist, ranking.db.shape[1])
+    shortlist = [(names[q], names[d]) for q, dbs in zip(ranking.queries, ranking.db) for d in dbs[:n]]
+    io.write_pairs(shortlist_txt, shortlist)
     return ranking

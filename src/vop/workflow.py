@@ -39,12 +39,18 @@ def check_config(config: Mapping[str, Any], datasets: Mapping[str, Dataset]) -> 
         for i, method in enumerate(dataset.conf.methods):
             if method not in confs:
                 raise _not_configured((*where, "methods", i), method, "methods", confs)
-            if confs[method].needs == "overlap" and not dataset.has_ground_truth:
-                extra = " without `gt_pairs`" if "gt_pairs" in fields_of(dataset.reader.Options) else ""
-                raise ConfigError(f"{key_path((*where, 'methods', i))}: {method!r} needs ground-truth overlap, which "
-                                  f"a `{dataset.conf.source}` dataset{extra} does not have; remove it from the list",
-                                  (*where, "methods", i))
+            first = getattr(confs[method], "first_stage", None)  # verify: its first stage runs here too
+            for needs_overlap in (method, first) if first in confs else (method,):
+                if confs[needs_overlap].needs == "overlap" and not dataset.has_ground_truth:
+                    extra = " without `gt_pairs`" if "gt_pairs" in fields_of(dataset.reader.Options) else ""
+                    raise ConfigError(f"{key_path((*where, 'methods', i))}: {method!r} needs ground-truth overlap, "
+                                      f"which a `{dataset.conf.source}` dataset{extra} does not have; remove it from "
+                                      "the list", (*where, "methods", i))
     for name, conf in confs.items():
+        first = getattr(conf, "first_stage", None)
+        if first is not None and (first not in confs or confs[first].type == "verify"):
+            why = "is not under `methods:`" if first not in confs else "is a verify method itself"
+            raise ConfigError(f"config: methods.{name}.first_stage {first!r} {why}; name a method such as cls or vop")
         encoder = getattr(conf, "encoder", None)
         if encoder is not None and encoder not in encoders:
             raise _not_configured(("methods", name, "encoder"), encoder, "encoders", encoders)

@@ -2,6 +2,7 @@
 # asks it and keeps none of its own. Every value a job depends on goes through `params:`.
 import os
 import re
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
@@ -33,7 +34,7 @@ def canonical(value):
 def mem_mb(base):
     """A rule's memory request: `base` MB on the first attempt, times the attempt on each retry
     (profiles/slurm sets `retries`), so a job killed for memory comes back with more. Every rule of
-    the demo peaks below 0.7 GB (benchmarks/job_resources.py); the bases leave room for real scenes."""
+    the demo peaks below 0.75 GB (benchmarks/job_resources.py); the bases leave room for real scenes."""
     return lambda wildcards, attempt: base * attempt
 
 
@@ -123,9 +124,12 @@ def labels_inputs(wildcards):
     return {"gt": scene_file("ground_truth", wildcards), "depth": needed_files(wildcards.dataset, wildcards.scene, needs)}
 
 
-def scene_file(rule, wildcards, **more):
-    """The output of a per-scene rule for the scene of `wildcards` (and more wildcards)."""
-    return getattr(rules, rule).output[0].format(dataset=wildcards.dataset, scene=wildcards.scene, **more)
+def scene_file(rule, wildcards, output=0, **more):
+    """The output of a per-scene rule (its first, or the one named `output`) for the scene of `wildcards`
+    (and more wildcards)."""
+    outputs = getattr(rules, rule).output
+    path = outputs[output] if isinstance(output, int) else getattr(outputs, output)
+    return path.format(dataset=wildcards.dataset, scene=wildcards.scene, **more)
 
 
 def reader_args(wildcards):
@@ -177,6 +181,8 @@ def method_backbone(dataset, method):
         return backbone_of(dataset)
     if needs == "embeddings":
         return encoder_backbone(dataset, entry["encoder"])
+    if needs == "matches":  # verify: its first stage's
+        return method_backbone(dataset, entry["first_stage"])
     return None
 
 
@@ -206,20 +212,47 @@ def sharded_retrieval(wildcards):
     return sharded(wildcards.dataset) and bool(method_files(wildcards))
 
 
-def retrieval_inputs(wildcards):
-    if sharded_retrieval(wildcards):  # the shards' rows, merged
-        shards = range(len(shard_plan(wildcards)["queries"]))
-        return {"gt": scene_file("ground_truth", wildcards),
-                "shards": [rules.retrieve_shard.output[0].format(dataset=wildcards.dataset, scene=wildcards.scene,
-                                                                 method=wildcards.method, shard=i) for i in shards]}
-    entry = METHODS[wildcards.method]
+def retrieval_inputs(wildcards, shards=True):
+    """gt.h5 and what the method needs; on a sharded dataset (cls, vop) its query shards' rows instead."""
     inputs = {"gt": scene_file("ground_truth", wildcards)}
-    needs = method_conf(entry).needs
-    if needs == "features":
-        inputs["features"] = scene_file("features", wildcards, backbone=backbone_of(wildcards.dataset))
-    elif needs == "embeddings":
-        inputs["embeddings"] = scene_file("embeddings", wildcards, encoder=entry["encoder"])
+    if shards and sharded_retrieval(wildcards):  # the shards' rows, merged
+        inputs["shards"] = [rules.retrieve_shard.output[0].format(dataset=wildcards.dataset, scene=wildcards.scene,
+                                                                  method=wildcards.method, shard=i)
+                            for i in range(len(shard_plan(wildcards)["queries"]))]
+        return inputs
+    inputs.update(method_files(wildcards))
+    if method_conf(METHODS[wildcards.method]).needs == "matches":  # verify: its first stage's ranking, the
+        inputs["first_stage"] = scene_file("first_stage", wildcards, method=wildcards.method, output="scores")
+        inputs["matches"] = scene_file("matches", wildcards, method=wildcards.method)  # scene's matches store,
+        inputs["local_features"] = scene_file("local_features", wildcards)  # local features
     return inputs
+
+
+def is_verify(method):
+    return METHODS[method]["type"] == "verify"
+
+
+VERIFY_METHODS = [name for name in METHODS if is_verify(name)]
+
+
+def first_stage_inputs(wildcards):
+    """A verify method's first stage reads what that method reads (in one job: its depth is verify's)."""
+    first = METHODS[wildcards.method]["first_stage"]
+    return retrieval_inputs(SimpleNamespace(dataset=wildcards.dataset, scene=wildcards.scene, method=first),
+                            shards=False)
+
+
+def matches_inputs(wildcards):
+    """What a method's shard of the matches store holds the pairs of, and the scene's local features: the
+    method's pairs.txt (read by its pose); for verify its shortlist, or on a dataset with poses its first
+    stage's whole ranking (its pose.csv may reach past the shortlist)."""
+    if is_verify(wildcards.method):
+        has_poses = DATASETS[wildcards.dataset].has_poses
+        pairs = scene_file("first_stage", wildcards, method=wildcards.method,
+                           output="pairs" if has_poses else "shortlist")
+    else:
+        pairs = scene_file("retrieve", wildcards, method=wildcards.method, output="pairs")
+    return {"pairs": [pairs], "local_features": scene_file("local_features", wildcards)}
 
 
 def metrics_runs(dataset):

@@ -1,4 +1,6 @@
-# Pose: local features once per image, then RANSAC relative pose on every retrieved pair.
+# Pose: local features once per image, then RANSAC relative pose on every retrieved pair (matches from the
+# method's shard of the scene's store, matches.smk), each unordered pair estimated once per scene: a pose
+# job copies the estimates of the scene's other methods made from the same inputs (vop.estimates).
 
 
 rule local_features:
@@ -25,15 +27,20 @@ rule local_features:
 
 
 rule pose:
-    """Match, estimate the essential matrix, and score each retrieved pair against ground truth."""
+    """Estimate the essential matrix of each retrieved pair from its stored matches (each unordered pair once per
+    scene), score it against ground truth."""
     input:
         pairs=rules.retrieve.output.pairs,
         gt=rules.ground_truth.output[0],
         local_features=rules.local_features.output[0],
+        matches=rules.matches.output[0],
     output:
         "results/{dataset}/{scene}/{method}/pose.csv",
+        # the estimates it scored, which the scene's other pose jobs copy instead of estimating (vop.estimates)
+        estimates=update("results/{dataset}/{scene}/{method}/poses.h5"),
     params:
         conf=canonical(config["pose"]),
+        matching=canonical(config["matching"]),
     threads: 2
     resources:
         mem_mb=mem_mb(2000),
