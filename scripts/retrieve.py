@@ -1,16 +1,16 @@
-"""Rule retrieve: pairs.txt, scores.csv and retrieval.json of one method on one scene."""
+"""Rule retrieve: pairs.txt, scores.csv and retrieval.json of one method on one scene (ranked here, or
+merged from the scene's query shards)."""
 from pathlib import Path
 
 from vop.conf import MatchingConf, method_conf
-from vop.retrieval import run_method
+from vop.retrieval import MethodRun, merge_shards
 from vop.utils import setup_logging
 
 setup_logging(snakemake.log[0])
-run_method(
+run = MethodRun.open(
     method_conf(snakemake.params.method, f"methods.{snakemake.wildcards.method}"),
     snakemake.wildcards.scene,
     snakemake.input.gt,
-    Path(snakemake.output.pairs).parent,
     features_h5=snakemake.input.get("features"),
     embeddings_h5=snakemake.input.get("embeddings"),
     mode=snakemake.params.mode["mode"],
@@ -24,3 +24,5 @@ run_method(
     matching=MatchingConf.from_dict(snakemake.params.matching or {}, "matching"),
     num_workers=snakemake.threads,
 )
+shards = snakemake.input.get("shards")
+run.write(merge_shards(shards) if shards else run.rank(), Path(snakemake.output.pairs).parent)

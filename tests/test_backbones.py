@@ -107,6 +107,38 @@ def test_dinov2_without_weights_says_how_to_get_them(monkeypatch, tmp_path):
         load_dinov2(NAME, tmp_path / "missing.pth")
 
 
+def test_dinov2_auto_weights_download_into_the_hub_cache_once(monkeypatch, tmp_path):
+    from test_download import ArchiveServer
+
+    from vop.backbones import dinov2
+
+    def not_cached(*args, **kwargs):
+        assert kwargs.get("local_files_only"), "must not reach for the network"
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(Dinov2Model, "from_pretrained", not_cached)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    reference = tiny_backbone(seed=3)
+    torch.save(hf_to_fb_state_dict(reference.model.state_dict()), tmp_path / "official.pth")
+    with ArchiveServer() as server:
+        server.files[f"{NAME}_pretrain.pth"] = (tmp_path / "official.pth").read_bytes()
+        monkeypatch.setattr(dinov2, "checkpoint_url", lambda name: f"{server.url}/{name}_pretrain.pth")
+        first = load_dinov2(NAME, "auto", config=tiny_config())
+        again = load_dinov2(NAME, "auto", config=tiny_config())  # now from the hub cache
+        assert len(server.requests) == 1
+    assert (tmp_path / "hub" / "checkpoints" / f"{NAME}_pretrain.pth").is_file()
+    assert "torch hub cache" in again.source and first.source.endswith(f"{NAME}_pretrain.pth")
+    x = torch.rand(2, 3, 224, 224)
+    for loaded in (first, again):
+        torch.testing.assert_close(loaded(x)[1], reference(x)[1], rtol=1e-4, atol=1e-4)
+    # No server: the error says what was tried, why the download failed, and where to put the file.
+    (tmp_path / "hub" / "checkpoints" / f"{NAME}_pretrain.pth").unlink()
+    monkeypatch.setattr(dinov2, "checkpoint_url", lambda name: "http://127.0.0.1:9/x.pth")
+    with pytest.raises(FileNotFoundError, match=r"Hugging Face cache has no .* torch hub cache no .*download failed.*"
+                                                r"no network.*put it at .*checkpoints/dinov2_vits14_pretrain\.pth"):
+        load_dinov2(NAME, "auto", config=tiny_config())
+
+
 # --- DINOv2 ----------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ def schema_blocks():
         "pose": (p["pose"], conf.PoseConf),
         "metrics": (p["metrics"], conf.MetricsConf),
         "triangulation": (p["triangulation"], conf.TriangulationConf),
+        "software": (p["software"], conf.SoftwareConf),
         "backbones.<name>": (p["backbones"]["additionalProperties"], conf.BackboneConf),
         "encoders.<vop>": (vop_encoder, conf.EncoderConf),
         "encoders.<vop>.train": (vop_encoder["properties"]["train"], conf.TrainConf),

@@ -24,13 +24,18 @@ def split_requirement(text: str) -> tuple[str, str]:
     return name.lower(), spec.replace(" ", "")
 
 
-def test_conda_env_lists_exactly_the_package_dependencies():
+@pytest.mark.parametrize("env_file, builds", [("vop.yaml", {}),
+                                               ("vop-gpu.yaml", {"pytorch": "pytorch-gpu", "faiss-cpu": "faiss-gpu"})])
+def test_conda_envs_list_exactly_the_package_dependencies(env_file, builds):
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = {CONDA_NAMES.get(name, name): spec for name, spec in map(split_requirement, project["dependencies"])}
-    env = yaml.safe_load((REPO / "envs/vop.yaml").read_text())
+    wanted = {builds.get(name, name): spec for name, spec in wanted.items()}
+    env = yaml.safe_load((REPO / "envs" / env_file).read_text())
     listed = dict(split_requirement(dep) for dep in env["dependencies"] if isinstance(dep, str))
     extras = {"python", "pip", "setuptools"}  # what building the editable install needs
     assert {k: v for k, v in listed.items() if k not in extras} == wanted
+    deploy = REPO / "envs" / env_file.replace(".yaml", ".post-deploy.sh")
+    assert deploy.read_text() == (REPO / "envs/vop.post-deploy.sh").read_text()
 
 
 def test_post_deploy_script_installs_this_checkout(tmp_path):

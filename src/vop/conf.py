@@ -170,6 +170,7 @@ class DatasetConf(Conf):
     mode: Literal["register", "retrieve"] | None = None  # None: the source's (vop.datasets)
     queries: str | None = None
     k: int | None = None  # None: the source's depth (vpr 20, image_list 200, revisitop all), else each method's k
+    images_per_job: int | None = None  # None: a scene is one job; else features and retrieval in shards (vop.shards)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,9 +192,10 @@ class TriangulationConf(Conf):
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConf(Conf):
-    """`backbones.<name>`: weights (a file, a Hugging Face folder, hf, hub, random; null: local caches)."""
+    """`backbones.<name>`: weights (auto: the local caches, then a download; a file, a Hugging Face
+    folder, hf, hub, random; null: the local caches only)."""
 
-    weights: str | None = None
+    weights: str | None = "auto"
     batch_size: int = 16
 
 
@@ -367,14 +369,23 @@ class MetricsConf(Conf):
     overlap_tau: float = 0.1
 
 
+@dataclass(frozen=True, kw_only=True)
+class SoftwareConf(Conf):
+    """`software`: the conda env of the GPU rules (the workflow reads it; no stage does)."""
+
+    gpu_env: bool = False
+
+
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
                                       "matching": MatchingConf, "pose": PoseConf, "metrics": MetricsConf,
-                                      "triangulation": TriangulationConf}
+                                      "triangulation": TriangulationConf,
+                                      "software": SoftwareConf}
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
     "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "OracleConf", "PoseConf",
-    "RandomConf", "STAGE_CONFS", "SyntheticConf", "TrainConf", "TriangulationConf", "VerifyConf", "VopConf",
+    "RandomConf", "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "TriangulationConf", "VerifyConf",
+    "VopConf",
     "method_conf",
 ]

@@ -50,15 +50,21 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 
 def list_h5_names(path: str | Path) -> list[str]:
-    """Image names in an h5 keyed by name (groups that hold datasets), as hloc lists them."""
+    """Image names in an h5 keyed by name (groups that hold datasets), as hloc lists them; an external
+    link stands for the image group it points to (a sharded scene's features, vop.shards)."""
     names: set[str] = set()
 
     def visit(_, obj):
         if isinstance(obj, h5py.Dataset) and obj.parent.name != "/":
             names.add(obj.parent.name.strip("/"))
 
+    def visit_link(name, link):
+        if isinstance(link, h5py.ExternalLink):
+            names.add(name)
+
     with h5py.File(path, "r") as f:
         f.visititems(visit)
+        f.visititems_links(visit_link)
     return sorted(names)
 
 

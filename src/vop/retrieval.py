@@ -18,6 +18,7 @@ and retrieval.json.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import zlib
 from collections.abc import Callable, Sequence
@@ -29,7 +30,8 @@ import numpy as np
 from vop import io
 from vop.conf import ClsConf, MatchingConf, MethodConf, OracleConf, RandomConf, VerifyConf, VopConf
 from vop.datasets import split_queries
-from vop.prefilter import prefilter
+from vop.prefilter import build_index, load_index, prefilter, save_index, search
+from vop.utils import l2_normalize
 from vop.voting import PatchStore, auto_radius, subset, vote_scores
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,16 @@ class Ranking:
     score: np.ndarray  # (num_queries, k)
     prefilter_score: np.ndarray  # (num_queries, k), nan where the method has no prefilter
     info: dict = field(default_factory=dict)
+
+
+@dataclass
+class SceneIndex:
+    """What the query shards of one scene share, built once by its own job (`build_scene_index`): the
+    prefilter's index over the database's global descriptors and, for vop, the voting radius."""
+
+    index: object  # faiss.Index
+    radius: float | None = None
+    info: dict = field(default_factory=dict)  # how the radius was found (radius_auto_median_cosine)
 
 
 def _clamp(value: int, available: int, what: str, info: dict) -> int:
@@ -79,12 +91,13 @@ def rank_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def retrieve_cls(conf: ClsConf, global_desc: np.ndarray, queries: np.ndarray | None = None,
-                 database: np.ndarray | None = None, scene: str = "", device: str | None = None) -> Ranking:
-    queries, database, register = _sets(len(global_desc), queries, database, scene)
+                 database: np.ndarray | None = None, scene: str = "", device: str | None = None,
+                 register: bool | None = None, shared: SceneIndex | None = None) -> Ranking:
+    """`shared`: the scene's index, built once for all its query shards (the queries are one shard)."""
+    queries, database, register = _sets(len(global_desc), queries, database, scene, register)
     info: dict = {}
     k = _clamp(conf.k, len(database) - register, "k", info)
-    idx, sim = prefilter(global_desc[queries], global_desc[database], k, _self_rows(queries, database, register),
-                         conf.ivf_min_images, conf.ivf_nprobe, device)
+    idx, sim = _candidates(conf, global_desc, queries, database, register, k, shared, device)
     return Ranking(queries, database[idx], sim, sim, info)
 
 
@@ -153,14 +166,16 @@ def retrieve_random(conf: RandomConf, num_images: int, queries: np.ndarray | Non
 
 def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | np.ndarray,
                  queries: np.ndarray | None = None, database: np.ndarray | None = None, scene: str = "",
-                 device: str | None = None, extend: bool = False) -> Ranking:
+                 device: str | None = None, extend: bool = False, register: bool | None = None,
+                 shared: SceneIndex | None = None) -> Ranking:
     """VOP on one scene. `patches` covers all the scene's images (a PatchStore or an (N,M,D) array).
 
+    `shared`: the scene's index and radius, computed once for all its query shards (the queries are one).
     With `extend`, k may exceed the prefilter: the P candidates reranked by votes come first, then the
     next k - P images in prefilter order (score NaN), as DELG's reranking continues its global ranking;
     that is how a protocol that scores deep lists or the whole ranking (GL3D, revisitop) gets them.
     """
-    queries, database, register = _sets(len(global_desc), queries, database, scene)
+    queries, database, register = _sets(len(global_desc), queries, database, scene, register)
     info: dict = {"mode": "register" if register else "retrieve"}
     num_candidates = _clamp(conf.prefilter, len(database) - register, "prefilter", info)
     k = _clamp(conf.k, len(database) - register, "k", info)
@@ -168,24 +183,19 @@ def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | n
         raise ValueError(f"vop: k={k} exceeds prefilter={num_candidates}: set prefilter >= k in the method's config")
     if not isinstance(patches, PatchStore):
         patches = PatchStore.from_array(patches, chunk_size=conf.chunk_images, device=device)
-    radius = conf.radius
-    if radius == "auto":
-        radius, median = auto_radius(subset(patches, database), seed=conf.seed)
-        info["radius_auto_median_cosine"] = median
-    radius = float(radius)
-    if not 0 < radius <= 1:
-        raise ValueError(f"vop: radius {radius} is outside (0, 1]: patches vote when their cosine exceeds 1 - radius")
+    radius, radius_info = (shared.radius, shared.info) if shared is not None else vop_radius(conf, patches, database)
+    info.update(radius_info)
     tau = 1.0 - radius
     info.update(radius=radius, tau=tau)
 
-    cand, pre_sim = prefilter(global_desc[queries], global_desc[database], max(k, num_candidates),
-                              _self_rows(queries, database, register), conf.ivf_min_images, conf.ivf_nprobe, device)
+    cand, pre_sim = _candidates(conf, global_desc, queries, database, register, max(k, num_candidates), shared,
+                                device)
     tail, tail_sim = cand[:, num_candidates:k], pre_sim[:, num_candidates:k]  # beyond the reranked head
     cand, pre_sim = cand[:, :num_candidates], pre_sim[:, :num_candidates]
     if tail.shape[1]:
         info["ranked_in_prefilter_order_after"] = num_candidates
     if register:
-        votes = vote_scores(patches, patches, cand, tau, conf.tfidf, shared=True)
+        votes = vote_scores(patches, patches, cand, tau, conf.tfidf, shared=True, query_ids=queries)
     else:
         votes = vote_scores(subset(patches, queries), subset(patches, database), cand, tau, conf.tfidf)
     # Ties, and queries whose candidates got no vote at all, fall back to prefilter order (the slot order).
@@ -201,19 +211,42 @@ def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | n
     return Ranking(queries, database[db], score, pre, info)
 
 
-def _sets(num_images, queries, database, scene):
-    """Query and database indices (default: register mode over the scene) and whether it is register mode."""
+def vop_radius(conf: VopConf, patches: PatchStore, database: np.ndarray) -> tuple[float, dict]:
+    """The voting radius (the paper's automatic one from the database's patches where `radius: auto`)."""
+    radius, info = conf.radius, {}
+    if radius == "auto":
+        radius, info["radius_auto_median_cosine"] = auto_radius(subset(patches, database), seed=conf.seed)
+    radius = float(radius)
+    if not 0 < radius <= 1:
+        raise ValueError(f"vop: radius {radius} is outside (0, 1]: patches vote when their cosine exceeds 1 - radius")
+    return radius, info
+
+
+def _candidates(conf, global_desc, queries, database, register, num, shared, device):
+    """The prefilter's top `num` database positions of each query (in the shared index, or one built now)."""
+    exclude = _self_rows(queries, database, register)
+    if shared is not None:
+        return search(shared.index, global_desc[queries], num, exclude)
+    return prefilter(global_desc[queries], global_desc[database], num, exclude, conf.ivf_min_images, conf.ivf_nprobe,
+                     device)
+
+
+def _sets(num_images, queries, database, scene, register=None):
+    """Query and database indices (default: register mode over the scene) and whether it is register mode
+    (the queries are the database's images; `register` says so for a shard of them)."""
     if queries is None and database is None:
         queries, database = split_queries(range(num_images), "register", scene=scene)
     queries, database = np.asarray(queries), np.asarray(database)
-    register = len(queries) == len(database) and bool(np.all(queries == database))
+    if register is None:
+        register = len(queries) == len(database) and bool(np.all(queries == database))
     if len(database) - register < 1:
         raise ValueError(f"scene {scene!r}: no database image to retrieve from")
     return queries, database, int(register)
 
 
 def _self_rows(queries, database, register):
-    """In register mode, each query's own row in the database (excluded from its candidates)."""
+    """In register mode, each query's own row in the database (excluded from its candidates); the database
+    is the whole scene, so a query's row is its index."""
     return np.searchsorted(database, queries) if register else None
 
 
@@ -319,6 +352,113 @@ def _path(value):
     return Path(value) if value else None
 
 
+@dataclass
+class MethodRun:
+    """One method on one scene: the conf with the dataset's depth applied, the scene's files, its queries and
+    database, and the parameters retrieval.json records."""
+
+    conf: MethodConf
+    files: SceneFiles
+    query_ids: np.ndarray
+    db_ids: np.ndarray
+    params: dict
+
+    @classmethod
+    def open(cls, conf: MethodConf, scene: str, gt_h5: str | Path, features_h5: str | Path | None = None,
+             embeddings_h5: str | Path | None = None, mode: str = "register", queries: str | None = None,
+             info: dict | None = None, k: int | str | None = None, first_stage_scores: str | Path | None = None,
+             matches_h5: str | Path | None = None, local_features_h5: str | Path | None = None,
+             matching: MatchingConf = MatchingConf(), num_workers: int = 1) -> MethodRun:
+        gt = io.read_gt(gt_h5)
+        query_ids, db_ids = split_queries(gt.names, mode, queries, scene)
+        if k is not None:
+            conf = conf.replace(k=len(db_ids) - (mode == "register") if k == "all" else int(k))
+        files = SceneFiles(gt, _path(features_h5), _path(embeddings_h5), _path(first_stage_scores),
+                           _path(matches_h5), _path(local_features_h5), matching, num_workers, extend=k is not None)
+        params = {**conf.to_dict(), **(info or {}), "scene": scene, "mode": mode}
+        if k is not None:
+            params["dataset_k"] = k
+        if mode == "retrieve":
+            params["queries"] = queries
+        return cls(conf, files, query_ids, db_ids, params)
+
+    @property
+    def scene(self) -> str:
+        return self.params["scene"]
+
+    @property
+    def register(self) -> bool:
+        return self.params["mode"] == "register"
+
+    def rank(self, device: str | None = None) -> Ranking:
+        return RETRIEVERS[self.conf.type](self.conf, self.files, self.query_ids, self.db_ids, self.scene, device)
+
+    def write(self, ranking: Ranking, out_dir: str | Path) -> None:
+        write_outputs(ranking, self.files.gt.names, out_dir, self.params)
+
+    # --- the same, in query shards (vop.shards plans them; the workflow runs one job per shard)
+
+    def global_descriptors(self) -> np.ndarray:
+        h5 = self.files.embeddings_h5 if self.conf.needs == "embeddings" else self.files.features_h5
+        return io.read_stacked(h5, self.files.gt.names, "global_descriptor", np.float32)
+
+    def patches(self, device: str | None = None) -> PatchStore:
+        return PatchStore.from_h5(self.files.embeddings_h5, self.files.gt.names, device=device,
+                                  chunk_size=self.conf.chunk_images)
+
+    def build_index(self, device: str | None = None) -> SceneIndex:
+        """The index over the database's global descriptors, and the radius (vop), for every shard."""
+        if self.conf.needs not in ("features", "embeddings"):
+            raise ValueError(f"method type {self.conf.type!r} ranks a scene in one job: it has no shards")
+        glob = l2_normalize(self.global_descriptors()[self.db_ids])
+        index = build_index(glob, self.conf.ivf_min_images, self.conf.ivf_nprobe, "cpu")  # written to disk
+        radius, info = (None, {})
+        if self.conf.type == "vop":
+            radius, info = vop_radius(self.conf, self.patches(device), self.db_ids)
+        return SceneIndex(index, radius, info)
+
+    def rank_shard(self, rows: tuple[int, int], shared: SceneIndex, device: str | None = None) -> Ranking:
+        """The ranking of queries query_ids[rows[0]:rows[1]], exactly as their rows of `rank()`."""
+        queries = self.query_ids[rows[0]:rows[1]]
+        glob = self.global_descriptors()
+        common = {"queries": queries, "database": self.db_ids, "scene": self.scene, "device": device,
+                  "register": self.register, "shared": shared}
+        if self.conf.type == "cls":
+            return retrieve_cls(self.conf, glob, **common)
+        return retrieve_vop(self.conf, glob, self.patches(device), extend=self.files.extend, **common)
+
+
+def save_scene_index(shared: SceneIndex, index_path: str | Path, info_path: str | Path) -> None:
+    save_index(shared.index, index_path)
+    io.write_json(info_path, {"radius": shared.radius, "info": shared.info, "images": int(shared.index.ntotal)})
+
+
+def load_scene_index(index_path: str | Path, info_path: str | Path, device: str | None = None) -> SceneIndex:
+    info = json.loads(Path(info_path).read_text())
+    return SceneIndex(load_index(index_path, device), info["radius"], info["info"])
+
+
+def save_shard(ranking: Ranking, path: str | Path) -> None:
+    """One shard's rows of a ranking (npz) and its info."""
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, queries=ranking.queries, db=ranking.db, score=ranking.score,
+                 prefilter_score=ranking.prefilter_score, info=json.dumps(ranking.info, sort_keys=True))
+
+
+def merge_shards(paths: Sequence[str | Path]) -> Ranking:
+    """The ranking of a scene from its shards (in query order): what ranking it in one job gives."""
+    parts = []
+    for path in paths:
+        with np.load(path, allow_pickle=False) as data:
+            parts.append({key: data[key] for key in data.files})
+    infos = [json.loads(str(p["info"])) for p in parts]
+    info = dict(infos[0])
+    if "queries_without_votes" in info:  # the only count that adds up over shards
+        info["queries_without_votes"] = sum(i["queries_without_votes"] for i in infos)
+    return Ranking(*(np.concatenate([p[key] for p in parts]) for key in ("queries", "db", "score",
+                                                                          "prefilter_score")), info)
+
+
 def run_method(conf: MethodConf, scene: str, gt_h5: str | Path, out_dir: str | Path,
                features_h5: str | Path | None = None, embeddings_h5: str | Path | None = None,
                mode: str = "register", queries: str | None = None, device: str | None = None,
@@ -330,19 +470,10 @@ def run_method(conf: MethodConf, scene: str, gt_h5: str | Path, out_dir: str | P
     `k` is the dataset's depth, which replaces the method's own: a number, or "all" (the whole database,
     revisitop); then a vop list deeper than its prefilter continues in prefilter order.
     """
-    gt = io.read_gt(gt_h5)
-    query_ids, db_ids = split_queries(gt.names, mode, queries, scene)
-    if k is not None:
-        conf = conf.replace(k=len(db_ids) - (mode == "register") if k == "all" else int(k))
-    files = SceneFiles(gt, _path(features_h5), _path(embeddings_h5), _path(first_stage_scores), _path(matches_h5),
-                       _path(local_features_h5), matching, num_workers, extend=k is not None)
-    ranking = RETRIEVERS[conf.type](conf, files, query_ids, db_ids, scene, device)
-    params = {**conf.to_dict(), **(info or {}), "scene": scene, "mode": mode}
-    if k is not None:
-        params["dataset_k"] = k
-    if mode == "retrieve":
-        params["queries"] = queries
-    write_outputs(ranking, gt.names, out_dir, params)
+    run = MethodRun.open(conf, scene, gt_h5, features_h5, embeddings_h5, mode, queries, info, k,
+                         first_stage_scores, matches_h5, local_features_h5, matching, num_workers)
+    ranking = run.rank(device)
+    run.write(ranking, out_dir)
     return ranking
 
 

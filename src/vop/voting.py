@@ -122,45 +122,57 @@ def auto_radius(store: PatchStore, seed: int = 0, num_samples: int = PATCH_SAMPL
 
 @dataclass
 class _Blocks:
-    """Similarity blocks to compute: left image a against right image b, and where their votes go.
+    """Similarity blocks to compute: left image a against right image b (store positions), and where their
+    votes go.
 
-    slot_ab[i] >= 0: a (a query) has b among its candidates at that slot; the block's row reductions
-    are a's votes for b. slot_ba[i] >= 0: b (a query) has a at that slot; the column reductions are
-    b's votes for a (register mode, where one block serves both directions).
+    slot_ab[i] >= 0: query row row_ab[i] (image a) has b among its candidates at that slot; the block's row
+    reductions are a's votes for b. slot_ba[i] >= 0: query row row_ba[i] (image b) has a at that slot; the
+    column reductions are b's votes for a (register mode, where one block serves both directions).
     """
 
     a: np.ndarray
     b: np.ndarray
+    row_ab: np.ndarray
     slot_ab: np.ndarray
+    row_ba: np.ndarray
     slot_ba: np.ndarray
 
 
-def _blocks(candidates: np.ndarray, shared: bool) -> _Blocks:
+def _blocks(candidates: np.ndarray, shared: bool, query_ids: np.ndarray | None = None) -> _Blocks:
+    """The blocks of every (query row, candidate). In shared mode the queries are images of the same store
+    (`query_ids`, default: row i is image i) and a pair of them is one block, always computed with the
+    smaller store position on the left, whichever images are queries: so a block's arithmetic is the same
+    whether a scene's queries are ranked in one job or in shards."""
     num_queries, num_cand = candidates.shape
-    query = np.repeat(np.arange(num_queries), num_cand)
+    rows = np.repeat(np.arange(num_queries), num_cand)
     cand = candidates.ravel()
     slot = np.tile(np.arange(num_cand), num_queries)
+    none = np.full_like(slot, -1)
     if not shared:
-        return _Blocks(query, cand, slot, np.full_like(slot, -1))
+        return _Blocks(rows, cand, rows, slot, none, none)
+    query = rows if query_ids is None else np.asarray(query_ids, np.int64)[rows]
     a, b = np.minimum(query, cand), np.maximum(query, cand)
-    pair_id, first, inverse = np.unique(a * np.int64(num_queries) + b, return_index=True, return_inverse=True)
-    slot_ab = np.full(len(pair_id), -1)
-    slot_ba = np.full(len(pair_id), -1)
+    size = np.int64(max(int(a.max(initial=0)), int(b.max(initial=0))) + 1)
+    pair_id, first, inverse = np.unique(a * size + b, return_index=True, return_inverse=True)
+    row_ab, slot_ab = np.full(len(pair_id), -1), np.full(len(pair_id), -1)
+    row_ba, slot_ba = np.full(len(pair_id), -1), np.full(len(pair_id), -1)
     forward = query < cand
-    slot_ab[inverse[forward]] = slot[forward]
-    slot_ba[inverse[~forward]] = slot[~forward]
-    return _Blocks(a[first], b[first], slot_ab, slot_ba)
+    row_ab[inverse[forward]], slot_ab[inverse[forward]] = rows[forward], slot[forward]
+    row_ba[inverse[~forward]], slot_ba[inverse[~forward]] = rows[~forward], slot[~forward]
+    return _Blocks(a[first], b[first], row_ab, slot_ab, row_ba, slot_ba)
 
 
 def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau: float, tfidf: bool = True,
-                shared: bool = False, blocks_per_batch: int | None = None) -> np.ndarray:
+                shared: bool = False, blocks_per_batch: int | None = None,
+                query_ids: np.ndarray | None = None) -> np.ndarray:
     """VOP votes (num_queries, P) of every query (a left image) for its P candidates (right images).
 
     With s(p,r) the cosine of query patch p and candidate patch r,
       score(q,c) = sum_p w(p) * sum_{r in c, s(p,r) > tau} s(p,r),
       w(p) = n_p / n_d * max(0, log(P / m_p)) with TF-IDF (1 without; 0 when m_p = 0),
     n_p = candidate patches within the radius of p, m_p = candidates holding at least one, n_d = M.
-    `shared` (register mode, left is right): the block of (a,b) also gives b's votes for a.
+    `shared` (register mode, left is right): the block of (a,b) also gives b's votes for a; the queries are
+    the store's images `query_ids` (default: all, in order), e.g. one shard of a scene's queries.
     """
     if shared and left is not right:
         raise ValueError("shared blocks need the same store on both sides (register mode)")
@@ -173,7 +185,7 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     sums = torch.zeros(num_queries, num_cand, num_patches)
     hits = torch.zeros(num_queries, num_cand, num_patches)
 
-    blocks = _blocks(candidates, shared)
+    blocks = _blocks(candidates, shared, query_ids)
     a_chunk, b_chunk = blocks.a // left.chunk_size, blocks.b // right.chunk_size
     order = np.lexsort((blocks.b, blocks.a, b_chunk, a_chunk))
     tiles = np.flatnonzero(np.diff(a_chunk[order] * right.num_chunks + b_chunk[order], prepend=-1))
@@ -188,8 +200,8 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
             ca, cb = int(a_chunk[sel[0]]), int(b_chunk[sel[0]])
             left_chunk, right_chunk = left.chunk(ca), right.chunk(cb)
             tile = VoteTile(left_chunk, right_chunk, blocks.a[sel] - ca * left.chunk_size,
-                            blocks.b[sel] - cb * right.chunk_size, blocks.a[sel], blocks.b[sel], blocks.slot_ab[sel],
-                            blocks.slot_ba[sel], tau, sums, hits)
+                            blocks.b[sel] - cb * right.chunk_size, blocks.row_ab[sel], blocks.slot_ab[sel],
+                            blocks.row_ba[sel], blocks.slot_ba[sel], tau, sums, hits)
             jobs = [(pool.submit(tile.vote, starts, counts), int(counts.sum()))
                     for starts, counts in _batches(tile.a_local, blocks_per_batch)]
             for job, num_blocks in jobs:
@@ -224,19 +236,20 @@ def _batches(a_local: np.ndarray, blocks_per_batch: int):
 class VoteTile:
     """The similarity blocks of one (left chunk, right chunk) tile, and where their votes go.
 
-    Block i is left image a_local[i] of the left chunk against right image b_local[i] of the right chunk
-    (a[i], b[i] as positions in the stores). Its row reductions are a's votes for b, stored in
-    sums/hits[a[i], slot_ab[i]] when slot_ab[i] >= 0; its column reductions are b's votes for a, stored in
-    sums/hits[b[i], slot_ba[i]] when slot_ba[i] >= 0 (register mode). Blocks are sorted by left image.
+    Block i is left image a_local[i] of the left chunk against right image b_local[i] of the right chunk.
+    Its row reductions are the left image's votes for the right one, stored in sums/hits[row_ab[i],
+    slot_ab[i]] when slot_ab[i] >= 0; its column reductions are the right image's votes for the left one,
+    stored in sums/hits[row_ba[i], slot_ba[i]] when slot_ba[i] >= 0 (register mode). Blocks are sorted by
+    left image.
     """
 
     left_chunk: torch.Tensor
     right_chunk: torch.Tensor
     a_local: np.ndarray
     b_local: np.ndarray
-    a: np.ndarray
-    b: np.ndarray
+    row_ab: np.ndarray
     slot_ab: np.ndarray
+    row_ba: np.ndarray
     slot_ba: np.ndarray
     tau: float
     sums: torch.Tensor
@@ -261,8 +274,8 @@ class VoteTile:
         sim.clamp_(max=HIT)
         left_hits = sim.sum(2) / HIT
         right_hits = sim.sum(3) / HIT if for_right.any() else None
-        for need, query, slot, sum_, hit in ((for_left, self.a, self.slot_ab, left_sums, left_hits),
-                                             (for_right, self.b, self.slot_ba, right_sums, right_hits)):
+        for need, query, slot, sum_, hit in ((for_left, self.row_ab, self.slot_ab, left_sums, left_hits),
+                                             (for_right, self.row_ba, self.slot_ba, right_sums, right_hits)):
             if need.any():
                 mask = torch.from_numpy(need).to(dev)
                 rows, cols = torch.from_numpy(query[pos][need]), torch.from_numpy(slot[pos][need])

@@ -17,6 +17,8 @@ METHODS = config["methods"]
 ENCODERS = config["encoders"]
 TRAINED_ENCODERS = [name for name, enc in ENCODERS.items() if "train" in enc]
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
+# the conda env of the rules that declare gpu=1 (--software-deployment-method conda)
+GPU_ENV = "../../envs/vop-gpu.yaml" if config["software"]["gpu_env"] else "../../envs/vop.yaml"
 
 
 def canonical(value):
@@ -85,6 +87,36 @@ def image_inputs(wildcards):
     """The images a scene's job reads (or the archive parts / generated scene they come with)."""
     needs = DATASETS[wildcards.dataset].image_needs(wildcards.scene)
     return needed_files(wildcards.dataset, wildcards.scene, needs)
+
+
+def sharded(dataset):
+    """Features and retrieval in shards of `images_per_job` (vop.shards), planned by shard_plan."""
+    return DATASETS[dataset].conf.images_per_job is not None
+
+
+def shard_plan(wildcards):
+    """The scene's shards (after the shard_plan checkpoint has run)."""
+    from vop.shards import read_plan
+
+    return read_plan(checkpoints.shard_plan.get(dataset=wildcards.dataset, scene=wildcards.scene).output[0])
+
+
+def shard_memory(input, method):
+    """mem_mb of a sharded scene's index or query-shard job: 1500 MB of libraries plus what it holds
+    (vop.shards.job_memory_mb, from the scene's size and its shards'); retries add as for every rule."""
+    from vop.shards import job_memory_mb
+
+    return 1500 + job_memory_mb(input.get("embeddings") or input.get("features"), input.plan, method)
+
+
+def features_inputs(wildcards):
+    """The images and the image order (gt.h5: with views, the crops where the source has them); for a
+    sharded dataset the features of its image shards instead."""
+    if sharded(wildcards.dataset):
+        shards = range(len(shard_plan(wildcards)["images"]))
+        return {"shards": [scene_file("features_shard", wildcards, backbone=wildcards.backbone, shard=i)
+                           for i in shards]}
+    return {"images": image_inputs(wildcards), "gt": scene_file("ground_truth", wildcards)}
 
 
 def labels_inputs(wildcards):
@@ -164,18 +196,35 @@ def retrieval_mode(dataset):
     return mode
 
 
-def retrieval_inputs(wildcards):
+def method_files(wildcards):
+    """The scene file a method reads besides gt.h5: the backbone's features or the encoder's embeddings."""
     entry = METHODS[wildcards.method]
-    inputs = {"gt": scene_file("ground_truth", wildcards)}
     needs = method_conf(entry).needs
     if needs == "features":
-        inputs["features"] = scene_file("features", wildcards, backbone=backbone_of(wildcards.dataset))
-    elif needs == "embeddings":
-        inputs["embeddings"] = scene_file("embeddings", wildcards, encoder=entry["encoder"])
-    elif needs == "matches":  # verify: its first stage's ranking, the scene's matches store, local features
+        return {"features": scene_file("features", wildcards, backbone=backbone_of(wildcards.dataset))}
+    if needs == "embeddings":
+        return {"embeddings": scene_file("embeddings", wildcards, encoder=entry["encoder"])}
+    return {}
+
+
+def sharded_retrieval(wildcards):
+    """Whether the method ranks this scene in query shards (cls and vop on a sharded dataset)."""
+    return sharded(wildcards.dataset) and bool(method_files(wildcards))
+
+
+def retrieval_inputs(wildcards, shards=True):
+    """gt.h5 and what the method needs; on a sharded dataset (cls, vop) its query shards' rows instead."""
+    inputs = {"gt": scene_file("ground_truth", wildcards)}
+    if shards and sharded_retrieval(wildcards):  # the shards' rows, merged
+        inputs["shards"] = [rules.retrieve_shard.output[0].format(dataset=wildcards.dataset, scene=wildcards.scene,
+                                                                  method=wildcards.method, shard=i)
+                            for i in range(len(shard_plan(wildcards)["queries"]))]
+        return inputs
+    inputs.update(method_files(wildcards))
+    if method_conf(METHODS[wildcards.method]).needs == "matches":  # verify: its first stage's ranking, the
         inputs["first_stage"] = scene_file("first_stage", wildcards, method=wildcards.method, output="scores")
-        inputs["matches"] = scene_file("matches", wildcards, method=wildcards.method)
-        inputs["local_features"] = scene_file("local_features", wildcards)
+        inputs["matches"] = scene_file("matches", wildcards, method=wildcards.method)  # scene's matches store,
+        inputs["local_features"] = scene_file("local_features", wildcards)  # local features
     return inputs
 
 
@@ -187,9 +236,10 @@ VERIFY_METHODS = [name for name in METHODS if is_verify(name)]
 
 
 def first_stage_inputs(wildcards):
-    """A verify method's first stage reads what that method reads."""
+    """A verify method's first stage reads what that method reads (in one job: its depth is verify's)."""
     first = METHODS[wildcards.method]["first_stage"]
-    return retrieval_inputs(SimpleNamespace(dataset=wildcards.dataset, scene=wildcards.scene, method=first))
+    return retrieval_inputs(SimpleNamespace(dataset=wildcards.dataset, scene=wildcards.scene, method=first),
+                            shards=False)
 
 
 def matches_inputs(wildcards):

@@ -49,7 +49,7 @@ rule train_encoder:
     benchmark:
         "logs/encoders/{encoder}/train_encoder.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/train_encoder.py"
 
@@ -70,6 +70,6 @@ rule embeddings:
     benchmark:
         "logs/{dataset}/{scene}/embeddings-{encoder}.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/embeddings.py"

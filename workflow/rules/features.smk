@@ -2,10 +2,10 @@
 
 
 rule features:
-    """Batched backbone forward pass over every image of a scene."""
+    """Batched backbone forward pass over every image of a scene (or, for a sharded dataset, the links to
+    the features of its image shards)."""
     input:
-        images=image_inputs,
-        gt=rules.ground_truth.output[0],  # the image order, and views (crops) where the source has them
+        unpack(features_inputs),
     output:
         "results/{dataset}/{scene}/features-{backbone}.h5",
     params:
@@ -15,13 +15,13 @@ rule features:
         with_flipped=lambda wc: used_for_training(wc.dataset),
     threads: 2
     resources:
-        gpu=1,
+        gpu=lambda wc: 0 if sharded(wc.dataset) else 1,  # a sharded scene's job only links its shards
         mem_mb=mem_mb(8000),  # DINOv2 ViT-L weights and batches of full-size images
     log:
         "logs/{dataset}/{scene}/features-{backbone}.log",
     benchmark:
         "logs/{dataset}/{scene}/features-{backbone}.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/features.py"

@@ -17,13 +17,13 @@ rule retrieve:
         matching=lambda wc: canonical(config["matching"]) if is_verify(wc.method) else None,
     threads: lambda wc: 2 if is_verify(wc.method) else 1
     resources:
-        gpu=1,
+        gpu=lambda wc: 0 if sharded_retrieval(wc) else 1,  # then it only merges its shards' rows
         mem_mb=mem_mb(4000),
     log:
         "logs/{dataset}/{scene}/{method}/retrieve.log",
     benchmark:
         "logs/{dataset}/{scene}/{method}/retrieve.benchmark.tsv"
     conda:
-        "../../envs/vop.yaml"
+        GPU_ENV
     script:
         "../../scripts/retrieve.py"

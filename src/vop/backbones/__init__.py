@@ -80,7 +80,7 @@ class Backbone(nn.Module):
 
 
 def load_backbone(
-    name: str, weights: str | None = None, device: str | torch.device | None = None
+    name: str, weights: str | None = "auto", device: str | torch.device | None = None
 ) -> Backbone:
     """A frozen backbone in eval mode on `device`; `weights` as in vop.backbones.dinov2.load_dinov2."""
     if name not in BACKBONES:
@@ -90,9 +90,9 @@ def load_backbone(
     if name == "dense_sift":
         from .dense_sift import DenseSift
 
-        if weights not in (None, "", "none"):
+        if weights not in (None, "", "none", "auto"):
             raise ValueError(
-                f"dense_sift has no weights, got weights={weights!r}: set backbones.dense_sift.weights to null"
+                f"dense_sift has no weights, got weights={weights!r}: set backbones.dense_sift.weights to auto"
             )
         backbone: Backbone = DenseSift()
     else:

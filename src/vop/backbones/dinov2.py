@@ -10,7 +10,9 @@ Where the weights come from (`weights`, config key `backbones.<name>.weights`):
   "hf"         Dinov2Model.from_pretrained("facebook/dinov2-..."), network or Hugging Face cache;
   "hub"        torch.hub.load("facebookresearch/dinov2", name), network or torch hub cache;
   "random"     seeded random weights of the right shape, for offline tests and demos;
-  None         the Hugging Face cache, then the torch hub cache, never the network.
+  None         the Hugging Face cache, then the torch hub cache, never the network;
+  "auto"       (the default) the two caches, then the official checkpoint downloaded into the torch hub
+               cache (resumable, size-checked, vop.download), so a machine with network needs no edit.
 """
 
 from __future__ import annotations
@@ -419,7 +421,7 @@ def random_dinov2(name: str, seed: int = 0, config: Dinov2Config | None = None) 
         return Dinov2Model(config or dinov2_config(name)).eval()
 
 
-def _from_caches(name: str) -> tuple[nn.Module, str] | None:
+def _from_caches(name: str, config: Dinov2Config | None = None) -> tuple[nn.Module, str] | None:
     """The weights from the local Hugging Face or torch hub cache, without touching the network."""
     hf_id = ARCHS[name].hf_id
     try:
@@ -429,8 +431,23 @@ def _from_caches(name: str) -> tuple[nn.Module, str] | None:
         pass
     checkpoint = hub_cache_checkpoint(name)
     if checkpoint.is_file():
-        return load_fb_checkpoint(checkpoint, name), f"torch hub cache {checkpoint}"
+        return load_fb_checkpoint(checkpoint, name, config), f"torch hub cache {checkpoint}"
     return None
+
+
+def _download_checkpoint(name: str, tried: str, config: Dinov2Config | None) -> tuple[nn.Module, str]:
+    """The official checkpoint fetched into the torch hub cache (where torch.hub would put it)."""
+    from vop.download import DownloadError, download
+
+    url, dest = checkpoint_url(name), hub_cache_checkpoint(name)
+    try:
+        download(url, dest)
+    except DownloadError as err:
+        raise FileNotFoundError(
+            f"no weights for {name}: {tried}, and the download failed: {err}; or set `backbones.{name}.weights` "
+            "in config/config.yaml to the .pth file wherever you put it"
+        ) from err
+    return load_fb_checkpoint(dest, name, config), f"{url} -> {dest}"
 
 
 def load_dinov2(
@@ -449,13 +466,14 @@ def load_dinov2(
         source = ARCHS[name].hf_id
     elif weights == "hub":
         model, source = torch.hub.load("facebookresearch/dinov2", name).eval(), "torch.hub facebookresearch/dinov2"
-    elif weights is None:
-        found = _from_caches(name)
+    elif weights in (None, "auto"):
+        found = _from_caches(name, config)
+        tried = (f"the Hugging Face cache has no {ARCHS[name].hf_id} and the torch hub cache no "
+                 f"{hub_cache_checkpoint(name)}")
+        if found is None and weights == "auto":
+            found = _download_checkpoint(name, tried, config)
         if found is None:
-            raise FileNotFoundError(
-                f"no weights for {name} in the Hugging Face cache ({ARCHS[name].hf_id}) "
-                f"nor the torch hub cache ({hub_cache_checkpoint(name)}); {how_to_provide_weights(name)}"
-            )
+            raise FileNotFoundError(f"no weights for {name}: {tried}; {how_to_provide_weights(name)}")
         model, source = found
     else:
         path = Path(weights).expanduser()
@@ -466,7 +484,7 @@ def load_dinov2(
         else:
             raise FileNotFoundError(
                 f"weights {str(weights)!r} for {name}: no such file or folder "
-                f"(nor one of 'hf', 'hub', 'random', null); {how_to_provide_weights(name)}"
+                f"(nor one of 'auto', 'hf', 'hub', 'random', null); {how_to_provide_weights(name)}"
             )
     logger.info("loaded %s from %s", name, source)
     return Dinov2Backbone(name, model, source)

@@ -1,0 +1,1 @@
+vop.post-deploy.sh
