@@ -197,3 +197,24 @@ def test_a_notebook_gets_a_bar(monkeypatch):
         bar.update(4)
     # Without a real kernel tqdm.auto falls back to the text bar, on the given stream.
     assert "features" in stream.getvalue() and "4/4" in stream.getvalue()
+
+
+class SquarePairs:
+    """A per-pair task as vop.pose.run_pairs hands to its workers (pose, verify): one row per pair."""
+
+    def pairs(self, pairs):
+        return [(a, b, a * b) for a, b in pairs]
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_per_pair_work_counts_the_rows_as_they_come_back(caplog, num_workers):
+    from vop.pose import run_pairs
+
+    caplog.set_level(logging.INFO, logger="vop.pose")
+    pairs = [(i, i + 1) for i in range(200)]
+    rows = run_pairs(SquarePairs(), pairs, num_workers)
+    assert rows == [(a, b, a * b) for a, b in pairs]  # in order, every pair once
+    lines = [r.getMessage() for r in caplog.records if r.name == "vop.pose"]
+    done = [int(m.group(1)) for m in map(re.compile(r"^pose: (\d+)/200 \(\d+%\)").match, lines) if m]
+    assert len(done) >= 10 and done == sorted(set(done)) and done[-1] == 200, lines
+    assert re.fullmatch(r"pose: 200/200 \(100%\) in \w+, [\d.]+ pairs/s", lines[-1])

@@ -1,8 +1,10 @@
-"""profiles/slurm on a live SLURM cluster: munged, slurmctld and slurmd on 127.0.0.1, one node.
+"""profiles/slurm on a live SLURM cluster: munged, slurmctld and slurmd on 127.0.0.1, one node with two
+(pretend) GPUs.
 
-The demo (a small override of it, see `demo_config`) runs through `snakemake --profile` with the profile
-edited exactly as the README's cluster section says (partition and account, nothing else); its table
-must equal a local run's, and every job must have gone through sbatch with the rule's resources.
+The demo, made small (`demo_config`) and sharded, runs as the README's cluster section says: from a checkout,
+`vop install-profile slurm --partition ... --account ...`, then exactly `snakemake --profile slurm all`. Its
+table must equal an unsharded local run's, and every job must have gone through sbatch with the resources of
+its rule (or of its group).
 
 Needs root (slurmd runs jobs as their user) and Debian's slurmctld, slurmd, slurm-client and munge,
 which .ci/run installs. Where they are missing the test fails, unless this machine cannot install them
@@ -22,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -29,11 +32,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+# what a user runs the workflow from: their checkout (its workflow files; the config is the test's)
+CHECKOUT = ["Snakefile", "workflow", "scripts", "envs", "profiles"]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SLURM_TOOLS = ["munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "srun", "scontrol", "sinfo", "scancel"]
 PARTITION, ACCOUNT = "vopdebug", "vopacct"
-GPU_RULES = ["features", "train_encoder", "embeddings", "retrieve", "first_stage", "matches"]
 # slurm clients look here when SLURM_CONF is not set: the plugin's job step drops SLURM_* variables
 # before its inner `srun`, which then finds the configuration the way it does on a configless node
 RUN_CONF = Path("/run/slurm/conf")
@@ -58,18 +61,6 @@ def demo_config() -> dict:
     config["methods"]["vop"]["prefilter"] = 5
     config["labels"].update(pairs_per_bin=5, num_negative=5, stride=4)
     return config
-
-
-def user_profile(directory: Path) -> Path:
-    """profiles/slurm as a new user makes it: the two EDIT lines get a partition and an account."""
-    text = PROFILE.read_text()
-    edited = re.sub(r'slurm_partition: "<partition>"', f"slurm_partition: {PARTITION}", text)
-    edited = re.sub(r'slurm_account: "<account>"', f"slurm_account: {ACCOUNT}", edited)
-    changed = [(a, b) for a, b in zip(text.splitlines(), edited.splitlines()) if a != b]
-    assert len(changed) == 2 and all("# EDIT" in b for _, b in changed), "the profile's EDIT lines moved"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(edited)
-    return directory
 
 
 def require_slurm() -> None:
@@ -142,6 +133,10 @@ class Cluster:
                                                    self.env).returncode == 0, 30, self.logs, self.daemons)
         ctld_port, slurmd_port = free_ports(2)
         (self.conf_dir / "slurm.conf").write_text(self._slurm_conf(ctld_port, slurmd_port))
+        # two GPUs, so that `--gpus=1` jobs are scheduled as on a GPU cluster: any character devices will do
+        # for slurmd (its jobs get CUDA_VISIBLE_DEVICES; torch finds no CUDA and runs on the CPU)
+        devices = "".join(f"NodeName={self.node} Name=gpu File={dev}\n" for dev in ("/dev/null", "/dev/zero"))
+        (self.conf_dir / "gres.conf").write_text("AutoDetect=off\n" + devices)
         self._link_run_conf()
         conf = str(self.conf_dir / "slurm.conf")
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", conf])
@@ -201,7 +196,8 @@ SelectTypeParameters=CR_Core_Memory
 SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=600
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 State=UNKNOWN
+GresTypes=gpu
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 Gres=gpu:2 State=UNKNOWN
 PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -245,8 +241,8 @@ def cluster(tmp_path_factory):
             live.stop()
 
 
-def run(cmd: list[str], env: dict | None = None) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd,
                           env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-8000:]}"
@@ -254,31 +250,42 @@ def run(cmd: list[str], env: dict | None = None) -> str:
 
 
 def workdir_with_config(path: Path, config: dict) -> Path:
-    (path / "config").mkdir(parents=True)
+    (path / "config").mkdir(parents=True, exist_ok=True)
     (path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
+def checkout_with_config(path: Path, config: dict) -> Path:
+    """A checkout's workflow files (copied) with `config` as its config/config.yaml."""
+    path.mkdir(parents=True)
+    for name in CHECKOUT:
+        copy_tree = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy_tree(REPO / name, path / name)
+    return workdir_with_config(path, config)
+
+
+IMAGES_PER_JOB = 3  # 8 images: shards of 3, 3 and 2 images and queries
+
+
+def test_sharded_demo_through_the_profile_equals_an_unsharded_local_run(cluster, tmp_path):
     config = demo_config()
     local = workdir_with_config(tmp_path / "local", config)
-    on_slurm = workdir_with_config(tmp_path / "slurm", copy.deepcopy(config))
-    slurm_run = [
-        *SNAKEMAKE, "--directory", str(on_slurm), "--profile", str(user_profile(tmp_path / "profile")),
-        "results/demo/auc.csv",
-        # overrides only this cluster needs: it has no GPU gres, and its jobs take seconds, not hours
-        "--set-resources", *[f"{rule}:gpu=0" for rule in GPU_RULES],
-        "--slurm-init-seconds-before-status-checks", "1",
-    ]
-    rule_resources = threads_and_memory(run([*slurm_run, "--dry-run"], cluster.env))
+    sharded = copy.deepcopy(config)
+    sharded["datasets"]["demo"]["images_per_job"] = IMAGES_PER_JOB
+    checkout = checkout_with_config(tmp_path / "checkout", sharded)
+    # a new user: their own HOME, whose ~/.config/snakemake gets the profile
+    user_env = {k: v for k, v in cluster.env.items() if k != "XDG_CONFIG_HOME"} | {"HOME": str(tmp_path / "home")}
+    vop = str(Path(sys.executable).with_name("vop"))
+    run([vop, "install-profile", "slurm", "--partition", PARTITION, "--account", ACCOUNT], user_env)
 
     # the local reference runs beside the cluster run, whose jobs mostly wait for status polls
     local_log = tmp_path / "local.log"
     with open(local_log, "w") as log:
-        local_run = subprocess.Popen([*SNAKEMAKE, "--directory", str(local), "--cores", "2", "results/demo/auc.csv"],
+        local_run = subprocess.Popen([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(local),
+                                      "--cores", "2", "results/demo/auc.csv"],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        out = run(slurm_run, cluster.env)
+        out = run([*SNAKEMAKE, "--profile", "slurm", "all"], user_env, cwd=checkout)
     except BaseException:
         os.killpg(local_run.pid, signal.SIGKILL)  # snakemake and its jobs
         raise
@@ -288,31 +295,46 @@ def test_demo_through_sbatch_equals_local_run(cluster, tmp_path):
     assert local_run.returncode == 0, local_log.read_text()[-8000:]
 
     expected = pd.read_csv(local / "results/demo/auc.csv")
-    table = pd.read_csv(on_slurm / "results/demo/auc.csv")
+    table = pd.read_csv(checkout / "results/demo/auc.csv")
     assert list(table["method"].unique()) == ["vop", "cls", "oracle"]
     pd.testing.assert_frame_equal(table, expected)
+    scene = next(p.name for p in (local / "results/demo").iterdir() if (p / "cls").is_dir())
+    for method in ("vop", "cls"):
+        for name in ("pairs.txt", "scores.csv"):
+            path = f"results/demo/{scene}/{method}/{name}"
+            assert (checkout / path).read_bytes() == (local / path).read_bytes(), path
+    assert len(list((checkout / f"results/demo/{scene}/shards").glob("features-*.h5"))) == 3
 
     jobs = cluster.jobs()
     assert set(jobs["state"]) == {"COMPLETED"}, jobs
     assert set(jobs["account"]) == {ACCOUNT} and set(jobs["partition"]) == {PARTITION}
-    rules = jobs["comment"].str.extract(r"^rule_([a-z_]+?)(?:_wildcards_.*)?$")[0]
-    per_rule = rules.value_counts().to_dict()
-    # one job per scene and stage (2 scenes), per method (3), the encoder once; the table is a local rule
-    assert per_rule == {"generate_scene": 2, "ground_truth": 2, "features": 2, "patch_labels": 1,
-                        "train_encoder": 1, "embeddings": 1, "retrieve": 3, "local_features": 1, "matches": 3,
-                        "pose": 3}
-    # sbatch got each rule's threads and mem_mb
-    for rule, cpus, memory in zip(rules, jobs["cpus"], jobs["memory"]):
-        threads, mem_mb = rule_resources[rule]
-        assert (int(cpus), memory) == (threads, f"{mem_mb}M"), rule
+    # one job per shard and per scene index; the small stages in group jobs (their comment: the group, then
+    # its rules), the three pose jobs batched in one; the shard plan and the table are local
+    assert Counter(jobs["comment"].str.replace(r"_wildcards_.*", "", regex=True)) == {
+        "rule_scene_generate_scene_ground_truth_local_features": 1,
+        "rule_scene_generate_scene_ground_truth_patch_labels": 1,
+        "rule_features_shard": 3, "rule_scene_gpu_features": 1, "rule_train_encoder": 1,
+        "rule_scene_gpu_embeddings_features": 1, "rule_scene_index": 2, "rule_retrieve_shard": 6,
+        "rule_scene_gpu_matches_retrieve": 3, "rule_pose_pose": 1, "rule_plots": 1}, jobs
+    # sbatch got each single job's threads and mem_mb as its rule resolved them for its wildcards
+    resources = threads_and_memory(out)
+    singles = jobs[jobs["comment"].str.contains("_wildcards_")]
+    assert len(singles) == 13
+    for comment, cpus, memory in zip(singles["comment"], singles["cpus"], singles["memory"]):
+        threads, mem_mb = resources[comment]
+        assert (int(cpus), memory) == (threads, f"{mem_mb}M"), comment
 
 
-def threads_and_memory(dry_run_output: str) -> dict[str, tuple[int, int]]:
-    """threads and mem_mb of every rule as Snakemake resolves them, from a dry run's job listing."""
+def threads_and_memory(run_output: str) -> dict[str, tuple[int, int]]:
+    """threads and mem_mb of every job as Snakemake resolved them, from a run's job listing, keyed as the SLURM
+    plugin writes the job's comment (`rule_<rule>_wildcards_<values>`)."""
     found = {}
-    for block in dry_run_output.split("\nrule ")[1:]:
+    for block in run_output.split("\nrule ")[1:]:
         rule = block.split(":", 1)[0].strip()
+        wildcards = re.search(r"wildcards: (.*)", block)
+        values = [kv.split("=", 1)[1] for kv in wildcards.group(1).split(", ")] if wildcards else []
         threads = re.search(r"threads: (\d+)", block)
         mem = re.search(r"mem_mb=(\d+)", block)
-        found[rule] = (int(threads.group(1)) if threads else 1, int(mem.group(1)))
+        key = f"rule_{rule}_wildcards_{'_'.join(values)}"
+        found[key] = (int(threads.group(1)) if threads else 1, int(mem.group(1)))
     return found

@@ -221,13 +221,9 @@ PROGRESS = re.compile(r" INFO vop\.[\w.]+: (?P<desc>[\w -]+): (?P<done>\d+)/(?P<
     ("logs/tiny/room_a/embeddings-vop_tiny.log", "embeddings", "images"),
     ("logs/tiny/room_a/vop/retrieve.log", "voting", "image pairs"),
     ("logs/tiny/room_a/local_features.log", "local features", "images"),
-    ("logs/tiny/room_a/*/pose.log", "pose", "pairs"),
-])
+])  # pose's (and verify's) per-pair progress: tests/test_progress.py (a scene's methods share their estimates,
+# and this file's reruns copy them: no pose job here is sure to estimate a pair)
 def test_long_stages_log_progress_with_a_rate_and_time_left(tiny_run, log, desc, unit):
-    if "*" in log:  # a scene's methods share their pose estimates: whichever method's job runs first estimates
-        logs = sorted(tiny_run.glob(log))  # the most pairs (the later ones only theirs not seen yet)
-        assert len(logs) > 1
-        log = max(logs, key=lambda p: sum(map(bool, map(PROGRESS.search, p.read_text().splitlines())))).relative_to(tiny_run)
     text = (tiny_run / log).read_text()
     assert "\r" not in text  # log lines, not a bar's carriage returns
     found = [m for m in map(PROGRESS.search, text.splitlines()) if m and m["desc"] == desc]
@@ -238,5 +234,3 @@ def test_long_stages_log_progress_with_a_rate_and_time_left(tiny_run, log, desc,
         assert step["unit"] == unit and float(step["rate"]) > 0 and step["left"]
     assert [int(m["done"]) for m in found] == sorted({int(m["done"]) for m in found})  # counts only go up
     assert last["done"] == last["total"] and last["percent"] == "100" and float(last["final"]) > 0
-    if desc == "pose":  # the unordered pairs this job estimated (others' estimates are shared), counted in the
-        assert 0 < int(last["total"]) <= 8 * 3  # parent as the workers' rows come back

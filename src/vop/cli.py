@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import types
 import typing
@@ -473,27 +472,17 @@ def _readme_tables(p):
 
 def _install_profile(p):
     p.add_argument("name", nargs="?", default="slurm", help="a profile folder of this checkout's profiles/")
-    p.add_argument("--force", action="store_true", help="replace an existing profile of that name")
+    p.add_argument("--partition", help="fills the profile's `slurm_partition` EDIT line (\"\" for the default one)")
+    p.add_argument("--account", help="fills the profile's `slurm_account` EDIT line (\"\" if you have none)")
+    p.add_argument("--force", action="store_true", help="replace an installed profile of that name")
 
     def run(args):
-        from snakemake.common import get_appdirs
+        from vop.profiles import install_profile
 
-        source = Path(__file__).resolve().parents[2] / "profiles" / args.name
-        if not (source / "config.yaml").is_file():
-            raise SystemExit(f"{source}: no such profile in this checkout (the package is not installed from a "
-                             "clone? install it with `pip install -e .` from the clone)")
-        # the folder `snakemake --profile NAME` searches after the working directory (platformdirs)
-        target = Path(get_appdirs().user_config_dir) / args.name
-        if target.is_symlink() and target.resolve() == source:
-            print(f"{target} -> {source} (already installed)")
-            return 0
-        if target.exists() or target.is_symlink():
-            if not args.force:
-                raise SystemExit(f"{target} exists; rerun with --force to replace it by a link to {source}")
-            target.unlink() if target.is_symlink() or target.is_file() else shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source, target_is_directory=True)
-        print(f"{target} -> {source}: `snakemake --profile {args.name} ...` now finds it; edit it in {source}")
+        target, todo = install_profile(args.name, args.partition, args.account, args.force)
+        print(f"installed {target}: `snakemake --profile {args.name} ...` now finds it")
+        for line in todo:
+            print(f"  still to edit there: {line}")
         return 0
     return run
 
@@ -519,7 +508,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "check": (_check, "recompute every vop retrieval the straightforward way and compare"),
     "summary": (_summary, "per stage of a run: jobs, wall seconds, peak memory (from the benchmark files)"),
     "readme-tables": (_readme_tables, "print (or write) a markdown file's result tables from their auc.csv"),
-    "install-profile": (_install_profile, "link profiles/<name> into Snakemake's profile folder (--profile <name>)"),
+    "install-profile": (_install_profile, "copy profiles/<name> into Snakemake's profile folder (--profile <name>)"),
 }
 
 

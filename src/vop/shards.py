@@ -22,7 +22,9 @@ from pathlib import Path
 import h5py
 
 from vop import io
+from vop.conf import VopConf, method_conf
 from vop.datasets import split_queries
+from vop.voting import IMAGES_FOR_RADIUS
 
 
 def ranges(count: int, per_job: int) -> list[list[int]]:
@@ -69,11 +71,12 @@ def job_memory_mb(descriptors_h5: str | Path, plan_path: str | Path, conf=None) 
         global_dim = group["global_descriptor"].shape[-1]
         patches, dim = group["patch_descriptors"].shape
     total = 2 * num * global_dim * 4
-    if conf is None or conf.get("type") == "vop":
-        chunk = conf.get("chunk_images", 4096) if conf else 1000  # the radius samples 1000 images
+    method = method_conf(conf) if conf is not None else None
+    if method is None or isinstance(method, VopConf):
+        chunk = method.chunk_images if method else IMAGES_FOR_RADIUS  # what the radius samples
         total += 2 * min(chunk, num) * patches * dim * 4
-    if conf is not None and conf.get("type") == "vop":
-        total += 2 * per_job * conf["prefilter"] * patches * 4
+    if isinstance(method, VopConf):
+        total += 2 * per_job * method.prefilter * patches * 4
     return math.ceil(total / 2**20)
 
 
