@@ -19,6 +19,7 @@ recall@P against exact search on a sample of queries (the IVF index returns appr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -110,21 +111,25 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256, help="patch dimension (the VOP head's is 256)")
     parser.add_argument("--global-dim", type=int, default=256)
     parser.add_argument("--recall-queries", type=int, default=1000)
-    parser.add_argument("--workdir", type=Path, help="keep the generated scenes here (default: a temp folder)")
+    parser.add_argument("--workdir", type=Path, help="keep the generated scenes here and reuse them (default: a "
+                        "temp folder)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], Path(args.child[1]), int(args.child[2]))
         return
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with contextlib.ExitStack() as stack:
+        root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for num in args.sizes:
-            out = Path(tmp) / f"n{num}"
-            out.mkdir()
+            out = root / f"n{num}_{args.patches}x{args.dim}_{args.global_dim}"
             start = time.perf_counter()
-            write_scene(out, num, args.patches, args.dim, args.global_dim)
+            if not (out / "written").is_file():  # a kept scene is reused once complete
+                out.mkdir(parents=True, exist_ok=True)
+                write_scene(out, num, args.patches, args.dim, args.global_dim)
+                (out / "written").touch()
             size_gb = (out / "embeddings-synthetic.h5").stat().st_size / 1e9
             plan = write_plan(out / "gt.h5", out / "shards.json", args.images_per_job)
-            print(f"N={num}: embeddings {size_gb:.2f} GB written in {time.perf_counter() - start:.0f} s; "
+            print(f"N={num}: embeddings {size_gb:.2f} GB (written or found in {time.perf_counter() - start:.0f} s); "
                   f"{len(plan['queries'])} query shards of {args.images_per_job}")
             conf = VopConf(k=5, prefilter=20, radius=0.25, encoder="synthetic").to_dict()
             declared = {"index": 1500 + job_memory_mb(out / "embeddings-synthetic.h5", out / "shards.json"),

@@ -1,6 +1,8 @@
 """pairs.txt as written by the retrieval stage feeds COLMAP as it is: pycolmap matches exactly the listed
 pairs (COLMAP's imported-pairs matcher reads the same `name0 name1` lines as hloc's pairs parser)."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -21,6 +23,23 @@ def pair_id(id0: int, id1: int) -> int:
     return id0 * 2147483647 + id1
 
 
+
+def colmap_matches_of_our_pairs(tmp_path: Path, images: Path, names: list[str]) -> Path:
+    """COLMAP's own features and matches of the pairs in tmp_path/pairs.txt (its `matches_importer`)."""
+    database = tmp_path / "database.db"
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = 1
+    pycolmap.extract_features(database, images, image_names=names, extraction_options=options,
+                              device=pycolmap.Device.cpu)
+    pairing = pycolmap.ImportedPairingOptions()
+    pairing.match_list_path = str(tmp_path / "pairs.txt")
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = 1
+    matching.use_gpu = False
+    pycolmap.match_image_pairs(database, matching_options=matching, pairing_options=pairing,
+                               device=pycolmap.Device.cpu)
+    return database
+
 def test_colmap_matches_exactly_the_pairs_of_pairs_txt(tmp_path):
     rng = np.random.default_rng(0)
     images = tmp_path / "images"
@@ -34,18 +53,7 @@ def test_colmap_matches_exactly_the_pairs_of_pairs_txt(tmp_path):
     write_pairs(tmp_path / "pairs.txt", pairs)
     assert read_pairs(tmp_path / "pairs.txt") == pairs
 
-    database = tmp_path / "database.db"
-    options = pycolmap.FeatureExtractionOptions()
-    options.num_threads = 1
-    pycolmap.extract_features(database, images, image_names=names, extraction_options=options,
-                              device=pycolmap.Device.cpu)
-    pairing = pycolmap.ImportedPairingOptions()
-    pairing.match_list_path = str(tmp_path / "pairs.txt")
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = 1
-    matching.use_gpu = False
-    pycolmap.match_image_pairs(database, matching_options=matching, pairing_options=pairing,
-                               device=pycolmap.Device.cpu)
+    database = colmap_matches_of_our_pairs(tmp_path, images, names)
 
     db = pycolmap.Database.open(str(database))
     ids = {image.name: image.image_id for image in db.read_all_images()}
@@ -74,18 +82,7 @@ def test_colmap_reads_pairs_of_the_vpr_and_image_list_names(tmp_path):
         cv2.imwrite(str(images / name), base[10 * k:10 * k + 240, 12 * k:12 * k + 320])
     pairs = [(names[2], names[0]), (names[2], names[1])]
     write_pairs(tmp_path / "pairs.txt", pairs)
-    database = tmp_path / "database.db"
-    options = pycolmap.FeatureExtractionOptions()
-    options.num_threads = 1
-    pycolmap.extract_features(database, images, image_names=names, extraction_options=options,
-                              device=pycolmap.Device.cpu)
-    pairing = pycolmap.ImportedPairingOptions()
-    pairing.match_list_path = str(tmp_path / "pairs.txt")
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = 1
-    matching.use_gpu = False
-    pycolmap.match_image_pairs(database, matching_options=matching, pairing_options=pairing,
-                               device=pycolmap.Device.cpu)
+    database = colmap_matches_of_our_pairs(tmp_path, images, names)
     db = pycolmap.Database.open(str(database))
     ids = {image.name: image.image_id for image in db.read_all_images()}
     matched_ids, _ = db.read_all_matches()

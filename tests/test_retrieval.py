@@ -82,6 +82,20 @@ def test_tfidf_ignores_patches_that_match_every_candidate():
     np.testing.assert_allclose(scores, [0.0, 0.5 * math.log(2)], rtol=1e-6)
 
 
+def test_a_query_shard_reads_only_its_queries_and_their_candidates_and_votes_as_the_whole_scene():
+    glob, patches = scene_with_ties(n=60)
+    cand, _ = prefilter.prefilter(glob, glob, 4, exclude=np.arange(60))
+    whole = voting.vote_scores(store(patches, chunk_size=8), store(patches, chunk_size=8), cand, 0.5, True)
+    read: list[int] = []
+    counting = voting.PatchStore(lambda ids: (read.extend(ids.tolist()), patches[ids])[1], 60, chunk_size=8)
+    shard = np.arange(20, 30)
+    votes = voting.vote_scores(counting, counting, cand[shard], 0.5, True, shared=True, query_ids=shard)
+    np.testing.assert_array_equal(votes, voting.vote_scores(s := store(patches, chunk_size=8), s, cand, 0.5, True,
+                                                             shared=True)[shard])
+    np.testing.assert_allclose(votes, whole[shard], rtol=1e-5, atol=1e-6)
+    assert set(read) == {*shard.tolist(), *cand[shard].ravel().tolist()} < set(range(60))
+
+
 @pytest.mark.parametrize("tfidf", [True, False])
 @pytest.mark.parametrize("chunk_size, blocks_per_batch", [(64, 16), (7, 3), (1, 1)])
 def test_batched_register_votes_equal_per_query_reference(tfidf, chunk_size, blocks_per_batch):

@@ -195,7 +195,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SlurmdParameters=config_overrides
 ReturnToService=2
-MinJobAge=600
+MinJobAge=7200
 GresTypes=gpu
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 Gres=gpu:2 State=UNKNOWN
 PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
@@ -330,6 +330,7 @@ def threads_and_memory(run_output: str) -> dict[str, tuple[int, int]]:
     plugin writes the job's comment (`rule_<rule>_wildcards_<values>`)."""
     found = {}
     for block in run_output.split("\nrule ")[1:]:
+        block = block.split("\n\n", 1)[0]  # the job's own lines (a group job's listing may follow)
         rule = block.split(":", 1)[0].strip()
         wildcards = re.search(r"wildcards: (.*)", block)
         values = [kv.split("=", 1)[1] for kv in wildcards.group(1).split(", ")] if wildcards else []

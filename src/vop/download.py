@@ -289,11 +289,7 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
     done = False
     try:
         if kind == "zip":
-            try:
-                zf = zipfile.ZipFile(archive)
-            except (zipfile.BadZipFile, OSError) as e:
-                raise ArchiveError(f"{archive}: not a valid zip archive ({e}); download it again") from e
-            with zf:
+            with _open_zip(archive) as zf:
                 members = [(info, _check_zip_member(info, archive)) for info in zf.infolist()]
                 # every member was checked before anything is written
                 members = [(i, n) for i, n in members if (n + "/").startswith(prefix) and not i.is_dir()]
@@ -332,14 +328,17 @@ def extract(archive: str | Path, target: str | Path, member_prefix: str = "", ov
     return final
 
 
+def _open_zip(archive: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ArchiveError(f"{archive}: not a valid zip archive ({e}); download it again") from e
+
+
 def _members(archive: Path, kind: str):
     """(checked relative name, open file) of every regular file of the archive, in archive order."""
     if kind == "zip":
-        try:
-            zf = zipfile.ZipFile(archive)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise ArchiveError(f"{archive}: not a valid zip archive ({e}); download it again") from e
-        with zf:
+        with _open_zip(archive) as zf:
             members = [(info, _check_zip_member(info, archive)) for info in zf.infolist()]
             for info, name in members:
                 if not info.is_dir():

@@ -176,6 +176,16 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     """
     if shared and left is not right:
         raise ValueError("shared blocks need the same store on both sides (register mode)")
+    # A shard of a scene's queries touches only its queries and their candidates: read just those (the
+    # whole store would be streamed through otherwise, every chunk of the database for every shard). The
+    # renumbering keeps the images' order, so every block is the same block, computed the same way.
+    if shared and query_ids is None:
+        query_ids = np.arange(len(candidates))
+    used = np.unique(np.concatenate([query_ids, candidates.ravel()]) if shared else candidates)
+    if len(used) < right.num_images:
+        compact = subset(right, used)
+        return vote_scores(compact if shared else left, compact, np.searchsorted(used, candidates), tau, tfidf,
+                           shared, blocks_per_batch, np.searchsorted(used, query_ids) if shared else None)
     num_queries, num_cand = candidates.shape
     dev = left.device
     if blocks_per_batch is None:
