@@ -22,7 +22,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +109,9 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
                 image_dir: str | Path | None = None, ratio: float = 0.8,
                 verify_options: pycolmap.TwoViewGeometryOptions | None = None,
                 options: pycolmap.IncrementalPipelineOptions | None = None, min_model_size: int = 3,
-                num_threads: int = -1, seed: int = 0, verbose: bool = False) -> ReconstructionResult:
+                num_threads: int = -1, seed: int = 0, verbose: bool = False,
+                matches: Mapping[Pair, np.ndarray] | None = None,
+                features: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> ReconstructionResult:
     """Incremental SfM of the scene from `pairs`; writes out_dir/database.db and out_dir/models/<k>.
 
     Images: gt.names, else `names`, else every image of the features file; an image in no pair is kept (it
@@ -117,7 +119,8 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
     given, else COLMAP's SIMPLE_RADIAL guess per image, refined. With gt, the metrics include the camera
     errors of the largest model after alignment (`camera_errors`). image_dir is only used to colour points
     (without it, `options.extract_colors` is turned off). No model at all is a result, not an error:
-    `num_models` 0, nothing registered.
+    `num_models` 0, nothing registered. `matches`: {(a, b): (M,2)} of the pairs, matched already (the
+    scene's matches store, vop.sfm), else they are matched here; `features`: the local features, read already.
     """
     require_pycolmap4()
     start = time.perf_counter()
@@ -135,7 +138,7 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
             if name not in index:
                 raise KeyError(f"pair ({a}, {b}): image {name!r} is not in the scene's {len(names)} images; the "
                                "pairs are from another scene or stale: rerun their retrieval rule")
-    features = read_local_features(local_features_h5, names)
+    features = features if features is not None else read_local_features(local_features_h5, names)
     known = known_intrinsics and gt is not None
     if known:
         cameras = [(gt.K[i], gt.image_size[i]) for i in range(len(names))]
@@ -144,7 +147,13 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    matches = match_pairs(features, pairs, ratio)
+    if matches is None:
+        matches = match_pairs(features, pairs, ratio)
+    else:
+        missing = [p for p in pairs if p not in matches]
+        if missing:
+            raise KeyError(f"reconstruct: no matches given for {len(missing)} of the pairs, e.g. {missing[:2]}")
+        matches = {p: matches[p] for p in pairs}
     timings["match_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
