@@ -136,6 +136,11 @@ def test_sweep_cuts_the_ranking_and_matches_only_what_is_missing(walk):
     # 4 nearest in capture order: every image registered at the true poses
     assert rows[-1]["registered"] == 10 and rows[-1]["rot_within_5deg_pct"] == 100.0, rows[-1]
     assert len(stored_pairs(out / "sequential" / "sfm" / "matches.h5")) == rows[-1]["pairs"]
+    # the geometries verified once for the sweep give what verifying the depth's own database gives
+    fresh = reconstruct_method(CONF, ranking_pairs(ranking, names, 4), out / "gt.h5", out / "local.h5",
+                               out / "sequential" / "sfm" / "matches.h5", out / "fresh", write_metrics=False)
+    for key in ("pairs_verified", "registered", "num_models"):
+        assert fresh[key] == rows[-1][key], (key, fresh, rows[-1])
     sweep = pd.read_csv(out / "sequential" / "sfm" / "sweep.csv")
     assert sweep["k"].tolist() == [1, 2, 4] and sweep["registered"].iloc[-1] == 10
     assert pairs_per_image(45, 10) == 9.0

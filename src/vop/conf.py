@@ -404,6 +404,7 @@ class SfmConf(Conf):
     sweep: tuple[int, ...] = (2, 5, 10, 20)  # pairs per query: each method's ranking cut at these depths
     known_intrinsics: bool = True  # the ground truth's K as fixed PINHOLE cameras; False: COLMAP's guess, refined
     max_error_px: float = 4.0  # the two-view verification's RANSAC threshold
+    max_num_trials: int = 2000  # its RANSAC iterations (COLMAP: 10000; README "Build a 3D model" measures both)
     min_num_inliers: int = 15  # fewer verified inliers: the pair is not used
     min_model_size: int = 3  # smaller models are dropped (COLMAP's 10 would hide a split into small parts)
     seed: int = 0

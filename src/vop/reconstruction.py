@@ -111,7 +111,8 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
                 options: pycolmap.IncrementalPipelineOptions | None = None, min_model_size: int = 3,
                 num_threads: int = -1, seed: int = 0, verbose: bool = False,
                 matches: Mapping[Pair, np.ndarray] | None = None,
-                features: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> ReconstructionResult:
+                features: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                geometries: Mapping[Pair, pycolmap.TwoViewGeometry] | None = None) -> ReconstructionResult:
     """Incremental SfM of the scene from `pairs`; writes out_dir/database.db and out_dir/models/<k>.
 
     Images: gt.names, else `names`, else every image of the features file; an image in no pair is kept (it
@@ -120,7 +121,9 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
     errors of the largest model after alignment (`camera_errors`). image_dir is only used to colour points
     (without it, `options.extract_colors` is turned off). No model at all is a result, not an error:
     `num_models` 0, nothing registered. `matches`: {(a, b): (M,2)} of the pairs, matched already (the
-    scene's matches store, vop.sfm), else they are matched here; `features`: the local features, read already.
+    scene's matches store, vop.sfm), else they are matched here; `features`: the local features, read already;
+    `geometries`: {(a, b): TwoViewGeometry} of the pairs, verified already (`read_geometries` of a database that
+    has them), written instead of verifying again (a pair without one has no verified matches).
     """
     require_pycolmap4()
     start = time.perf_counter()
@@ -158,12 +161,18 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
 
     t = time.perf_counter()
     database = out_dir / "database.db"
+    verify_options = verify_options or verification_options(seed=seed)
+    if geometries is not None:  # verified already: written as they are, no RANSAC here
+        geometries = {key: geometries[key] for a, b in pairs for key in ((a, b), (b, a)) if key in geometries}
     write_database(database, names, cameras, {n: f["keypoints"] for n, f in features.items()},
-                              matches=matches)
+                   matches=matches, inlier_matches=geometries)
     timings["database_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    v_stats = verify(database, None, verify_options or verification_options(seed=seed), num_threads=num_threads,
-                     verbose=verbose)
+    if geometries is None:
+        verified_pairs = verify(database, None, verify_options, num_threads=num_threads,
+                                verbose=verbose).verified_pairs
+    else:
+        verified_pairs = sum(len(g.inlier_matches) >= verify_options.min_num_inliers for g in geometries.values())
     timings["verify_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -190,7 +199,7 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
 
     metrics = model_metrics(models, names)
     metrics.update(pairs=len(pairs), pairs_matched=sum(1 for m in matches.values() if len(m)),
-                   pairs_verified=v_stats.verified_pairs, **timings)
+                   pairs_verified=verified_pairs, **timings)
     if gt is not None:
         metrics.update(camera_errors(models[0] if models else None, gt))
     metrics["seconds"] = time.perf_counter() - start

@@ -64,14 +64,21 @@ def _cameras_of(gt: GroundTruth | None, posed: bool, conf: SfmConf) -> tuple[Gro
     return gt, conf.known_intrinsics
 
 
+def sfm_verification_options(conf: SfmConf):
+    """COLMAP's two-view geometry options of the conf."""
+    from vop.colmap_database import verification_options
+
+    return verification_options(conf.max_error_px, conf.min_num_inliers, conf.max_num_trials, seed=conf.seed)
+
+
 def reconstruct_method(conf: SfmConf, pairs: Sequence[Pair], gt_h5: str | Path, local_features_h5: str | Path,
                        matches_h5: str | Path, out_dir: str | Path, matching: MatchingConf = MatchingConf(),
                        posed: bool = True, num_threads: int = 1, features: Mapping | None = None,
-                       write_metrics: bool = True) -> dict:
+                       write_metrics: bool = True, geometries: Mapping | None = None) -> dict:
     """SfM of a scene from `pairs`, their matches read from the store `matches_h5`; the metrics (also written
     to out_dir/metrics.json). `posed`: the scene has ground-truth poses (camera errors after alignment) and
-    intrinsics (fixed PINHOLE cameras when conf.known_intrinsics); else COLMAP's SIMPLE_RADIAL guess, refined."""
-    from vop.colmap_database import verification_options
+    intrinsics (fixed PINHOLE cameras when conf.known_intrinsics); else COLMAP's SIMPLE_RADIAL guess, refined.
+    `geometries`: the pairs' two-view geometries, verified already (the sweep verifies its pairs once)."""
     from vop.local_features import read_local_features
     from vop.reconstruction import reconstruct
 
@@ -84,9 +91,9 @@ def reconstruct_method(conf: SfmConf, pairs: Sequence[Pair], gt_h5: str | Path, 
     matches = read_matches(matches_h5, pairs, features, matching, local_features_h5)
     scored, known = _cameras_of(gt, posed, conf)
     result = reconstruct(pairs, local_features_h5, out_dir, gt=scored, names=names, known_intrinsics=known,
-                         verify_options=verification_options(conf.max_error_px, conf.min_num_inliers, seed=conf.seed),
-                         min_model_size=conf.min_model_size, num_threads=num_threads, seed=conf.seed,
-                         matches=matches, features=features)
+                         verify_options=sfm_verification_options(conf), min_model_size=conf.min_model_size,
+                         num_threads=num_threads, seed=conf.seed, matches=matches, features=features,
+                         geometries=geometries)
     metrics = dict(result.metrics)
     metrics.update(pairs_per_image=pairs_per_image(len(pairs), len(names)), seconds=time.perf_counter() - start,
                    known_intrinsics=known)
@@ -133,6 +140,21 @@ def scene_stores(scene_dir: str | Path) -> list[Path]:
     return sorted(scene_dir.glob("*/matches.h5")) + sorted(scene_dir.glob(f"*/{SWEEP_STORE}"))
 
 
+def verify_once(pairs: Sequence[Pair], gt: GroundTruth, features: Mapping, matches: Mapping, conf: SfmConf,
+                database_path: str | Path, posed: bool = True, num_threads: int = 1) -> dict:
+    """The two-view geometries of `pairs`, verified once (in a database of their own, with the cameras the
+    reconstructions get) for every depth of the sweep: a pair's geometry does not depend on the other pairs."""
+    from vop.colmap_database import read_geometries, verify, write_database
+
+    names = list(gt.names)
+    known = posed and conf.known_intrinsics
+    cameras = [(gt.K[i] if known else None, gt.image_size[i] if known else features[n]["image_size"])
+               for i, n in enumerate(names)]
+    write_database(database_path, names, cameras, {n: features[n]["keypoints"] for n in names}, matches=matches)
+    verify(database_path, None, sfm_verification_options(conf), num_threads=num_threads)
+    return read_geometries(database_path, conf.min_num_inliers)
+
+
 def run_sweep(conf: SfmConf, ranking, gt_h5: str | Path, local_features_h5: str | Path, out_dir: str | Path,
               matching: MatchingConf = MatchingConf(), posed: bool = True, num_threads: int = 1,
               shared: Sequence[str | Path] = ()) -> list[dict]:
@@ -142,7 +164,8 @@ def run_sweep(conf: SfmConf, ranking, gt_h5: str | Path, local_features_h5: str 
     from vop.local_features import read_local_features
 
     out_dir = Path(out_dir)
-    names = read_gt(gt_h5).names
+    gt = read_gt(gt_h5)
+    names = gt.names
     features = read_local_features(local_features_h5, names)
     cuts, seen = [], set()
     for k in sorted(set(conf.sweep)):
@@ -153,11 +176,16 @@ def run_sweep(conf: SfmConf, ranking, gt_h5: str | Path, local_features_h5: str 
         seen.add(key)
         cuts.append((min(k, ranking.db.shape[1]), pairs))
     store = out_dir / "matches.h5"
-    sweep_store(store, [p for _, pairs in cuts for p in pairs], features, matching, shared)
+    union = unique_pairs(p for _, pairs in cuts for p in pairs)
+    sweep_store(store, union, features, matching, shared)
+    (out_dir / "sweep").mkdir(parents=True, exist_ok=True)
+    geometries = verify_once(union, gt, features, read_matches(store, union, features, matching), conf,
+                             out_dir / "sweep" / "verified.db", posed, num_threads)
     rows = []
     for k, pairs in cuts:
         metrics = reconstruct_method(conf, pairs, gt_h5, local_features_h5, store, out_dir / "sweep" / f"k{k}",
-                                     matching, posed, num_threads, features=features, write_metrics=False)
+                                     matching, posed, num_threads, features=features, write_metrics=False,
+                                     geometries=geometries)
         rows.append({"k": k, **metrics})
     write_csv(out_dir / "sweep.csv", ["k", *FIGURES], [[r["k"], *(_cell(r.get(f)) for f in FIGURES)] for r in rows])
     return rows

@@ -357,14 +357,20 @@ def summary_results_dirs(dataset):
 def sfm_methods(dataset):
     """The methods of a dataset's sfm.csv: its own, then the baselines it does not list."""
     own = list(DATASETS[dataset].conf.methods)
+    for name in config["sfm"]["baselines"]:
+        if name not in METHODS:
+            raise WorkflowError(f"sfm.baselines: {name!r} is not under `methods:`; add it there (e.g. {name}: "
+                                f"{{type: {name}}}, as config/config.yaml does) or drop it from sfm.baselines")
     return own + [m for m in config["sfm"]["baselines"] if m not in own]
 
 
-def sfm_params(wildcards):
-    """What a reconstruction depends on besides its files: the sfm and matching confs, whether the scene is posed,
-    and the method's depth (the table's k)."""
-    return {"conf": canonical(config["sfm"]), "matching": canonical(config["matching"]),
-            "posed": DATASETS[wildcards.dataset].has_poses, "k": method_conf(METHODS[wildcards.method]).k}
+def sfm_params(wildcards, sweep=False):
+    """What a reconstruction depends on besides its files: the sfm conf (the sweep's depths only for the sweep;
+    the baselines for none), the matching conf and whether the scene is posed."""
+    skip = ("baselines",) if sweep else ("baselines", "sweep")
+    conf = {key: value for key, value in config["sfm"].items() if key not in skip}
+    return {"conf": canonical(conf), "matching": canonical(config["matching"]),
+            "posed": DATASETS[wildcards.dataset].has_poses}
 
 
 def sweep_inputs(wildcards):

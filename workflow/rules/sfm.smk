@@ -38,7 +38,7 @@ rule sfm_sweep:
         sweep="results/{dataset}/{scene}/{method}/sfm/sweep.csv",
         store=update("results/{dataset}/{scene}/{method}/sfm/matches.h5"),
     params:
-        sfm=sfm_params,
+        sfm=lambda wc: sfm_params(wc, sweep=True),
         method=lambda wc: canonical(METHODS[wc.method]),
         backbone=lambda wc: method_backbone(wc.dataset, wc.method),
         mode=lambda wc: retrieval_mode(wc.dataset),
