@@ -38,6 +38,7 @@ include: "workflow/rules/matches.smk"
 include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/protocols.smk"
+include: "workflow/rules/sfm.smk"
 include: "workflow/rules/summary.smk"
 
 

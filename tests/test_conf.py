@@ -117,7 +117,7 @@ def test_from_dict_names_the_key_and_suggests_the_fix():
                                           r"  methods\.vop has: type, k, encoder$"):
         conf.method_conf({"type": "vop", "k": 5, "encoder": "e"}, "methods.vop")
     with pytest.raises(ConfigError, match=r"^methods\.x\.type: 'vopp' is not a method type; did you mean 'vop'\?\n"
-                                          r"  allowed: cls, vop, oracle, random, verify$"):
+                                          r"  allowed: cls, vop, oracle, random, verify, exhaustive, sequential$"):
         conf.method_conf({"type": "vopp", "k": 5}, "methods.x")
     pose = conf.PoseConf.from_dict({"threshold_px": [1, 2]})
     assert pose.thresholds == (1.0, 2.0) and conf.PoseConf.from_dict({"threshold_px": 1.5}).thresholds == (1.5,)

@@ -345,6 +345,53 @@ def _pose(p):
     return run
 
 
+def _reconstruct(p):
+    p.add_argument("--pairs", type=Path, required=True, help="the method's pairs.txt (hloc format)")
+    p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5 (images, cameras, poses)")
+    p.add_argument("--local-features", type=Path, required=True, help="local_features.h5")
+    p.add_argument("--matches", type=Path, required=True, help="the matches store holding the pairs (`vop match`)")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder of database.db, models/, metrics.json")
+    p.add_argument("--no-poses", action="store_true", help="gt.h5 has no real poses: no camera errors, guessed K")
+    p.add_argument("--threads", type=int, default=1, help="COLMAP's threads")
+    add_conf_flags(p, confs.SfmConf, skip=("baselines", "sweep"))
+    add_conf_flags(p, confs.MatchingConf)
+
+    def run(args):
+        from vop.io import read_pairs
+        from vop.sfm import reconstruct_method
+
+        m = reconstruct_method(conf_from_args(confs.SfmConf, args), read_pairs(args.pairs), args.gt,
+                               args.local_features, args.matches, args.out_dir,
+                               conf_from_args(confs.MatchingConf, args),
+                               posed=not args.no_poses, num_threads=args.threads)
+        print(f"{args.out_dir}: {m['registered']}/{m['num_images']} images registered in the largest of "
+              f"{m['num_models']} models, {m['points3D']} points, {m['pairs_per_image']:.1f} pairs per image")
+    return run
+
+
+def _export_colmap(p):
+    p.add_argument("--pairs", type=Path, required=True, help="pairs to write the matches of (hloc format)")
+    p.add_argument("--local-features", type=Path, required=True, help="local_features.h5")
+    p.add_argument("--matches", type=Path, help="a matches store holding the pairs; default: match them here")
+    p.add_argument("--gt", type=Path, help="gt.h5: image order and intrinsics (default: COLMAP's guess)")
+    p.add_argument("--out", type=Path, required=True, help="database.db to write (replaced)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="run COLMAP's two-view verification too, so that `colmap mapper` maps it directly")
+    p.add_argument("--threads", type=int, default=-1, help="verification threads (-1: all)")
+    add_conf_flags(p, confs.MatchingConf)
+
+    def run(args):
+        from vop.io import read_pairs
+        from vop.sfm import export_colmap
+
+        c = export_colmap(args.out, read_pairs(args.pairs), args.local_features, args.matches, args.gt,
+                          conf_from_args(confs.MatchingConf, args), verify=args.verify, num_threads=args.threads)
+        print(f"{args.out}: {c['images']} images, {c['matched_pairs']} pairs ({c['matches']} matches), "
+              f"{c['verified_pairs']} verified, in {c['seconds']:.1f}s; next: colmap mapper --database_path "
+              f"{args.out} --image_path <images> --output_path <sparse>")
+    return run
+
+
 def _read_entries(path: Path) -> list[dict]:
     try:
         entries = json.loads(path.read_text())
@@ -501,6 +548,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "local-features": (_local_features, "SIFT keypoints and descriptors of every image"),
     "match": (_match, "match pairs once each into a scene's matches store (mutual NN + ratio test)"),
     "pose": (_pose, "relative pose of every retrieved pair, scored against the ground truth"),
+    "reconstruct": (_reconstruct, "COLMAP reconstruction from a method's pairs and stored matches (pycolmap)"),
+    "export-colmap": (_export_colmap, "a COLMAP database.db of chosen pairs, ready for `colmap mapper`"),
     "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
     "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),
     "match-pairs": (_match_pairs, "MIRorR's match_pairs.txt (i j score, self pair first) of one run"),

@@ -386,3 +386,19 @@ def read_matches(database_path: str | Path, a: str, b: str, verified: bool = Fal
                 return np.zeros((0, 2), np.int64)
             m = np.asarray(db.read_matches(ids[a], ids[b]))
     return m.reshape(-1, 2).astype(np.int64)
+
+
+def read_geometries(database_path: str | Path, min_num_inliers: int = 1) -> dict[Pair, pycolmap.TwoViewGeometry]:
+    """{(a, b): two-view geometry} of the verified pairs with at least `min_num_inliers` inliers, a and b in
+    image-id order (the geometry's inlier columns are theirs): what `write_database(inlier_matches=...)` writes
+    back into a database with the same ids, without verifying again."""
+    names = {image_id: name for name, image_id in image_ids(database_path).items()}
+    with pycolmap.Database.open(database_path) as db:
+        pair_ids, geometries = db.read_two_view_geometries()
+    out = {}
+    for pair_id, geometry in zip(pair_ids, geometries):
+        if len(geometry.inlier_matches) < min_num_inliers:
+            continue
+        id1, id2 = pycolmap.pair_id_to_image_pair(pair_id)
+        out[(names[id1], names[id2])] = geometry
+    return out

@@ -313,8 +313,27 @@ class VerifyConf(MethodConf):
     threshold_px: float = 4.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExhaustiveConf(MethodConf):
+    """Every image with every other (N - 1 per image): the reference reconstruction, refused above
+    `max_images` (N^2/2 pairs to match)."""
+
+    type: Literal["exhaustive"] = "exhaustive"
+    k: int = 0  # not a depth: exhaustive pairs every image with all N - 1 others (0 says so)
+    max_images: int = 150
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequentialConf(MethodConf):
+    """The k images nearest in name order (i+1, i-1, i+2, ...): COLMAP's sequential matching, for video
+    frames or a capture named in the order it was taken."""
+
+    type: Literal["sequential"] = "sequential"
+
+
 METHOD_CONFS: dict[str, type[MethodConf]] = {"cls": ClsConf, "vop": VopConf, "oracle": OracleConf,
-                                              "random": RandomConf, "verify": VerifyConf}
+                                              "random": RandomConf, "verify": VerifyConf,
+                                              "exhaustive": ExhaustiveConf, "sequential": SequentialConf}
 
 
 def method_conf(entry: Mapping[str, Any], where: str = "methods") -> MethodConf:
@@ -376,16 +395,31 @@ class SoftwareConf(Conf):
     gpu_env: bool = False
 
 
+@dataclass(frozen=True, kw_only=True)
+class SfmConf(Conf):
+    """`sfm`: a COLMAP reconstruction from each method's pairs (vop.sfm): their stored matches verified by
+    COLMAP's two-view geometry and mapped incrementally (pycolmap), scored in results/{dataset}/sfm.csv."""
+
+    baselines: tuple[str, ...] = ("exhaustive", "sequential")  # methods reconstructed besides the dataset's own
+    sweep: tuple[int, ...] = (2, 5, 10, 20)  # pairs per query: each method's ranking cut at these depths
+    known_intrinsics: bool = True  # the ground truth's K as fixed PINHOLE cameras; False: COLMAP's guess, refined
+    max_error_px: float = 4.0  # the two-view verification's RANSAC threshold
+    max_num_trials: int = 2000  # its RANSAC iterations (COLMAP: 10000; README "Build a 3D model" measures both)
+    min_num_inliers: int = 15  # fewer verified inliers: the pair is not used
+    min_model_size: int = 3  # smaller models are dropped (COLMAP's 10 would hide a split into small parts)
+    seed: int = 0
+
+
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
                                       "matching": MatchingConf, "pose": PoseConf, "metrics": MetricsConf,
                                       "triangulation": TriangulationConf,
-                                      "software": SoftwareConf}
+                                      "software": SoftwareConf, "sfm": SfmConf}
 
 __all__ = [
-    "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
+    "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "ExhaustiveConf", "LabelsConf",
     "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "OracleConf", "PoseConf",
-    "RandomConf", "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "TriangulationConf", "VerifyConf",
-    "VopConf",
+    "RandomConf", "STAGE_CONFS", "SequentialConf", "SfmConf", "SoftwareConf", "SyntheticConf", "TrainConf",
+    "TriangulationConf", "VerifyConf", "VopConf",
     "method_conf",
 ]

@@ -234,7 +234,8 @@ def build_scene_shard(store_h5: str | Path, pairs_files: Sequence[str | Path], l
     scene_dir = store_h5.parent.parent
     with scene_lock(scene_dir / f".{store_h5.name}.lock"):
         return build_store(store_h5, pairs_files, local_features_h5, conf, device,
-                           shared=sorted(scene_dir.glob(f"*/{store_h5.name}")))
+                           shared=sorted(scene_dir.glob(f"*/{store_h5.name}"))
+                           + sorted(scene_dir.glob(f"*/sfm/{store_h5.name}")))  # and vop.sfm's sweep stores
 
 
 def _stored_pairs(f: h5py.File):

@@ -22,7 +22,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +109,10 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
                 image_dir: str | Path | None = None, ratio: float = 0.8,
                 verify_options: pycolmap.TwoViewGeometryOptions | None = None,
                 options: pycolmap.IncrementalPipelineOptions | None = None, min_model_size: int = 3,
-                num_threads: int = -1, seed: int = 0, verbose: bool = False) -> ReconstructionResult:
+                num_threads: int = -1, seed: int = 0, verbose: bool = False,
+                matches: Mapping[Pair, np.ndarray] | None = None,
+                features: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                geometries: Mapping[Pair, pycolmap.TwoViewGeometry] | None = None) -> ReconstructionResult:
     """Incremental SfM of the scene from `pairs`; writes out_dir/database.db and out_dir/models/<k>.
 
     Images: gt.names, else `names`, else every image of the features file; an image in no pair is kept (it
@@ -117,7 +120,10 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
     given, else COLMAP's SIMPLE_RADIAL guess per image, refined. With gt, the metrics include the camera
     errors of the largest model after alignment (`camera_errors`). image_dir is only used to colour points
     (without it, `options.extract_colors` is turned off). No model at all is a result, not an error:
-    `num_models` 0, nothing registered.
+    `num_models` 0, nothing registered. `matches`: {(a, b): (M,2)} of the pairs, matched already (the
+    scene's matches store, vop.sfm), else they are matched here; `features`: the local features, read already;
+    `geometries`: {(a, b): TwoViewGeometry} of the pairs, verified already (`read_geometries` of a database that
+    has them), written instead of verifying again (a pair without one has no verified matches).
     """
     require_pycolmap4()
     start = time.perf_counter()
@@ -135,7 +141,7 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
             if name not in index:
                 raise KeyError(f"pair ({a}, {b}): image {name!r} is not in the scene's {len(names)} images; the "
                                "pairs are from another scene or stale: rerun their retrieval rule")
-    features = read_local_features(local_features_h5, names)
+    features = features if features is not None else read_local_features(local_features_h5, names)
     known = known_intrinsics and gt is not None
     if known:
         cameras = [(gt.K[i], gt.image_size[i]) for i in range(len(names))]
@@ -144,17 +150,29 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    matches = match_pairs(features, pairs, ratio)
+    if matches is None:
+        matches = match_pairs(features, pairs, ratio)
+    else:
+        missing = [p for p in pairs if p not in matches]
+        if missing:
+            raise KeyError(f"reconstruct: no matches given for {len(missing)} of the pairs, e.g. {missing[:2]}")
+        matches = {p: matches[p] for p in pairs}
     timings["match_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     database = out_dir / "database.db"
+    verify_options = verify_options or verification_options(seed=seed)
+    if geometries is not None:  # verified already: written as they are, no RANSAC here
+        geometries = {key: geometries[key] for a, b in pairs for key in ((a, b), (b, a)) if key in geometries}
     write_database(database, names, cameras, {n: f["keypoints"] for n, f in features.items()},
-                              matches=matches)
+                   matches=matches, inlier_matches=geometries)
     timings["database_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    v_stats = verify(database, None, verify_options or verification_options(seed=seed), num_threads=num_threads,
-                     verbose=verbose)
+    if geometries is None:
+        verified_pairs = verify(database, None, verify_options, num_threads=num_threads,
+                                verbose=verbose).verified_pairs
+    else:
+        verified_pairs = sum(len(g.inlier_matches) >= verify_options.min_num_inliers for g in geometries.values())
     timings["verify_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -181,7 +199,7 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
 
     metrics = model_metrics(models, names)
     metrics.update(pairs=len(pairs), pairs_matched=sum(1 for m in matches.values() if len(m)),
-                   pairs_verified=v_stats.verified_pairs, **timings)
+                   pairs_verified=verified_pairs, **timings)
     if gt is not None:
         metrics.update(camera_errors(models[0] if models else None, gt))
     metrics["seconds"] = time.perf_counter() - start

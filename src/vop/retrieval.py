@@ -8,6 +8,8 @@ with `type:` and is built into its conf (vop.conf: ClsConf, VopConf, OracleConf,
   oracle  top-k by ground-truth co-visibility overlap (the upper bound)
   random  seeded random images (the lower bound)
   verify  another method's top-N shortlist reranked by geometrically verified local matches (vop.verification)
+  exhaustive  every other image (the reference reconstruction of vop.sfm; refused above max_images)
+  sequential  the k images nearest in name order (COLMAP's sequential matching, for ordered captures)
 
 Two modes, as in the paper: `register` (every image of the scene against all the others: ETH3D,
 MegaDepth) and `retrieve` (the images matching a `queries` glob against the others: InLoc); see
@@ -28,7 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from vop import io
-from vop.conf import ClsConf, MatchingConf, MethodConf, OracleConf, RandomConf, VerifyConf, VopConf
+from vop.conf import (
+    ClsConf,
+    ExhaustiveConf,
+    MatchingConf,
+    MethodConf,
+    OracleConf,
+    RandomConf,
+    SequentialConf,
+    VerifyConf,
+    VopConf,
+)
 from vop.datasets import split_queries
 from vop.prefilter import build_index, load_index, prefilter, save_index, search
 from vop.utils import l2_normalize
@@ -162,6 +174,52 @@ def retrieve_random(conf: RandomConf, num_images: int, queries: np.ndarray | Non
     rng = np.random.default_rng([conf.seed, zlib.crc32(scene.encode())])
     db = np.stack([rng.permutation(database[database != q] if register else database)[:k] for q in queries])
     return Ranking(queries, db, np.zeros(db.shape), np.full(db.shape, np.nan), info)
+
+
+def retrieve_exhaustive(conf: ExhaustiveConf, num_images: int, queries: np.ndarray | None = None,
+                        database: np.ndarray | None = None, scene: str = "") -> Ranking:
+    """Every database image for every query, in index order (score 0): all N(N-1)/2 unordered pairs."""
+    queries, database, register = _sets(num_images, queries, database, scene)
+    if conf.k != 0:
+        raise ValueError(f"exhaustive: k={conf.k}, but exhaustive pairs every image with all the others; leave "
+                         "`k` out of the method's config (a depth is what a retrieval method has)")
+    if num_images > conf.max_images:
+        raise ValueError(f"scene {scene!r}: exhaustive pairs of {num_images} images are "
+                         f"{num_images * (num_images - 1) // 2} pairs to match, above max_images={conf.max_images}; "
+                         "reconstruct from a retrieval method's pairs (vop, cls, sequential) instead (drop exhaustive "
+                         "from `sfm.baselines`), or raise the method's max_images knowingly")
+    if register:
+        others = np.broadcast_to(database, (len(queries), len(database)))
+        db = others[others != queries[:, None]].reshape(len(queries), -1)
+    else:
+        db = np.broadcast_to(database, (len(queries), len(database))).copy()
+    return Ranking(queries, db, np.zeros(db.shape), np.full(db.shape, np.nan), {"k": int(db.shape[1])})
+
+
+def sequential_order(names: Sequence[str]) -> np.ndarray:
+    """The position of each image in name order (the capture order of video frames or numbered photos)."""
+    order = np.argsort(np.asarray(names, dtype=object), kind="stable")
+    position = np.empty(len(names), np.int64)
+    position[order] = np.arange(len(names))
+    return position
+
+
+def retrieve_sequential(conf: SequentialConf, names: Sequence[str], queries: np.ndarray | None = None,
+                        database: np.ndarray | None = None, scene: str = "") -> Ranking:
+    """The k database images nearest each query in name order: i+1, i-1, i+2, i-2, ... (score: minus the
+    distance in that order). Its unordered pairs are those of COLMAP's sequential matcher with overlap ~k/2."""
+    queries, database, register = _sets(len(names), queries, database, scene)
+    info: dict = {}
+    k = _clamp(conf.k, len(database) - register, "k", info)
+    position = sequential_order(names)
+    offset = position[database][None, :] - position[queries][:, None]  # (Q, D) signed distance in name order
+    distance = np.abs(offset).astype(np.float64)
+    if register:
+        distance[offset == 0] = np.inf  # the query itself
+    # nearest first; at equal distance the later image (i+1 before i-1)
+    best = np.lexsort((offset < 0, distance), axis=1)[:, :k]
+    score = -np.take_along_axis(distance, best, 1)
+    return Ranking(queries, database[best], score, np.full(best.shape, np.nan), info)
 
 
 def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | np.ndarray,
@@ -327,6 +385,14 @@ def _run_random(conf: RandomConf, files: SceneFiles, queries, database, scene, d
     return retrieve_random(conf, len(files.gt.names), queries, database, scene)
 
 
+def _run_exhaustive(conf: ExhaustiveConf, files: SceneFiles, queries, database, scene, device) -> Ranking:
+    return retrieve_exhaustive(conf, len(files.gt.names), queries, database, scene)
+
+
+def _run_sequential(conf: SequentialConf, files: SceneFiles, queries, database, scene, device) -> Ranking:
+    return retrieve_sequential(conf, files.gt.names, queries, database, scene)
+
+
 def _run_verify(conf: VerifyConf, files: SceneFiles, queries, database, scene, device) -> Ranking:
     # Reads the files of later stages (the matches store, local features): imported here.
     from vop.verification import verify_ranking
@@ -345,7 +411,8 @@ def _run_verify(conf: VerifyConf, files: SceneFiles, queries, database, scene, d
 
 # type -> (conf, scene files, query ids, database ids, scene name, device) -> Ranking
 RETRIEVERS: dict[str, Callable[..., Ranking]] = {"cls": _run_cls, "vop": _run_vop, "oracle": _run_oracle,
-                                                 "random": _run_random, "verify": _run_verify}
+                                                 "random": _run_random, "verify": _run_verify,
+                                                 "exhaustive": _run_exhaustive, "sequential": _run_sequential}
 
 
 def _path(value):

@@ -349,3 +349,44 @@ def summary_results_dirs(dataset):
     encoders = {METHODS[m].get("encoder") for m in DATASETS[dataset].conf.methods} & set(TRAINED_ENCODERS)
     training = sorted({d for e in encoders for d in ENCODERS[e]["train"]["datasets"]} - {dataset})
     return [os.path.dirname(rules.auc_table.output[0].format(dataset=d)) for d in [dataset, *training]]
+
+
+# SfM (sfm.smk)
+
+
+def sfm_methods(dataset):
+    """The methods of a dataset's sfm.csv: its own, then the baselines it does not list."""
+    own = list(DATASETS[dataset].conf.methods)
+    for name in config["sfm"]["baselines"]:
+        if name not in METHODS:
+            raise WorkflowError(f"sfm.baselines: {name!r} is not under `methods:`; add it there (e.g. {name}: "
+                                f"{{type: {name}}}, as config/config.yaml does) or drop it from sfm.baselines")
+    return own + [m for m in config["sfm"]["baselines"] if m not in own]
+
+
+def sfm_params(wildcards, sweep=False):
+    """What a reconstruction depends on besides its files: the sfm conf (the sweep's depths only for the sweep;
+    the baselines for none), the matching conf and whether the scene is posed."""
+    skip = ("baselines",) if sweep else ("baselines", "sweep")
+    conf = {key: value for key, value in config["sfm"].items() if key not in skip}
+    return {"conf": canonical(conf), "matching": canonical(config["matching"]),
+            "posed": DATASETS[wildcards.dataset].has_poses}
+
+
+def sweep_inputs(wildcards):
+    """The method's ranking and store, the scene's local features, and what ranking it deeper reads."""
+    inputs = retrieval_inputs(wildcards, shards=False)
+    inputs.update(scores=scene_file("retrieve", wildcards, output="scores", method=wildcards.method),
+                  store=scene_file("matches", wildcards, method=wildcards.method),
+                  local_features=scene_file("local_features", wildcards))
+    return inputs
+
+
+def sfm_runs(dataset):
+    return [{"method": m, "scene": s, "k": method_conf(METHODS[m]).k} for m in sfm_methods(dataset)
+            for s in DATASETS[dataset].scenes]
+
+
+def sweep_methods(dataset):
+    """Every method of the table but exhaustive, which has no depth to cut."""
+    return [m for m in sfm_methods(dataset) if METHODS[m]["type"] != "exhaustive"]
