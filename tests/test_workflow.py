@@ -227,7 +227,8 @@ def test_long_stages_log_progress_with_a_rate_and_time_left(tiny_run, log, desc,
     if "*" in log:  # a scene's methods share their pose estimates: whichever method's job runs first estimates
         logs = sorted(tiny_run.glob(log))  # the most pairs (the later ones only theirs not seen yet)
         assert len(logs) > 1
-        log = max(logs, key=lambda p: sum(map(bool, map(PROGRESS.search, p.read_text().splitlines())))).relative_to(tiny_run)
+        log = max(logs, key=lambda p: sum(map(bool, map(PROGRESS.search, p.read_text().splitlines()))))
+        log = log.relative_to(tiny_run)
     text = (tiny_run / log).read_text()
     assert "\r" not in text  # log lines, not a bar's carriage returns
     found = [m for m in map(PROGRESS.search, text.splitlines()) if m and m["desc"] == desc]

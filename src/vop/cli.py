@@ -176,13 +176,16 @@ def _ground_truth(p):
                    help="the scene's local_features.h5: posed images without 3D points triangulate their tracks")
     p.add_argument("--threads", type=int, default=-1, help="triangulation threads (default: all cores)")
     add_conf_flags(p, confs.TriangulationConf)
+    add_conf_flags(p, confs.NsoConf)  # --geometry, --stride, --depth-tol: the ground-truth NSO (vop.nso)
 
     def run(args):
         from vop.ground_truth import write_scene_ground_truth
 
         gt = write_scene_ground_truth(_open_scene(args), args.out, args.local_features,
-                                      conf_from_args(confs.TriangulationConf, args), num_threads=args.threads)
-        print(f"{args.out}: {len(gt.names)} images, overlap: {gt.overlap_source or 'none'}")
+                                      conf_from_args(confs.TriangulationConf, args), num_threads=args.threads,
+                                      nso=conf_from_args(confs.NsoConf, args))
+        print(f"{args.out}: {len(gt.names)} images, overlap: {gt.overlap_source or 'none'}, "
+              f"nso: {gt.nso_source or 'none'}")
     return run
 
 

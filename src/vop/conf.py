@@ -186,6 +186,17 @@ class TriangulationConf(Conf):
     min_points: int = 100  # fewer points: the overlap falls back to the pose-only estimate
 
 
+@dataclass(frozen=True, kw_only=True)
+class NsoConf(Conf):
+    """`nso`: the ground-truth normalized surface overlap of every ordered pair, in gt.h5 (vop.nso): from
+    depth (every `stride`-th pixel warped, `depth_tol` relative), from tracks, or none; auto: depth where the
+    source has it (its depth maps become inputs of the ground truth), else tracks where the scene has them."""
+
+    geometry: Literal["auto", "depth", "tracks", "none"] = "auto"
+    stride: int = 4
+    depth_tol: float = 0.05
+
+
 # ---------------------------------------------------------------------------------------------------
 # Features, encoders, training
 
@@ -379,12 +390,13 @@ class SoftwareConf(Conf):
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
                                       "matching": MatchingConf, "pose": PoseConf, "metrics": MetricsConf,
-                                      "triangulation": TriangulationConf,
+                                      "triangulation": TriangulationConf, "nso": NsoConf,
                                       "software": SoftwareConf}
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
-    "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "OracleConf", "PoseConf",
+    "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "NsoConf", "OracleConf",
+    "PoseConf",
     "RandomConf", "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "TriangulationConf", "VerifyConf",
     "VopConf",
     "method_conf",

@@ -72,7 +72,16 @@ def gt_inputs(wildcards):
     inputs = {"native": needed_files(wildcards.dataset, wildcards.scene, needs)}
     if needs.local_features:
         inputs["local_features"] = scene_file("local_features", wildcards)
+    if nso_reads_depth(wildcards.dataset):
+        inputs["depth"] = needed_files(wildcards.dataset, wildcards.scene,
+                                       DATASETS[wildcards.dataset].depth_needs(wildcards.scene))
     return inputs
+
+
+def nso_reads_depth(dataset):
+    """The ground-truth NSO (vop.nso) warps depth maps: `nso.geometry` depth, or auto on a source with depth."""
+    geometry = config["nso"].get("geometry", "auto")
+    return geometry == "depth" or (geometry == "auto" and DATASETS[dataset].has_depth)
 
 
 def gt_triangulation(wildcards):

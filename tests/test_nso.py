@@ -1,0 +1,110 @@
+"""Normalized surface overlap both ways round (vop.nso): ground truth from depth and from tracks, the
+relative scale, the box-embeddings protocol."""
+
+import numpy as np
+import pytest
+
+from vop import nso
+from vop.conf import NsoConf
+from vop.datasets import open_scene, synthetic
+from vop.ground_truth import write_scene_ground_truth
+from vop.io import read_gt
+
+W, H, D = 320, 240, 4.0  # image size, distance of the plane z = D
+
+
+def K_matrix(f, w=W, h=H):
+    return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+
+
+def plane(w=W, h=H):
+    return np.full((h, w), D, np.float32)
+
+
+def test_zoom_pair_close_up_is_enclosed_by_the_wide_view():
+    # Same camera centre, focal length doubled: the close-up sees the wide view's central quarter.
+    K = np.stack([K_matrix(200.0), K_matrix(400.0)])  # 0: wide, 1: close-up
+    T = np.stack([np.eye(4), np.eye(4)])
+    got = nso.depth_nso([plane(), plane()], K, T, stride=1)
+    assert got[1, 0] == pytest.approx(1.0, abs=1e-6)  # all of the close-up is inside the wide view
+    assert got[0, 1] == pytest.approx(0.25, abs=0.01)  # a quarter of the wide view is in the close-up
+    assert np.diag(got).tolist() == [1.0, 1.0]
+    # the relative scale of (close-up, wide): the close-up shows the shared surface twice as large
+    assert nso.relative_scale(got[1, 0], got[0, 1], W * H, W * H) == pytest.approx(2.0, abs=0.02)
+
+
+def test_depth_nso_drops_occluded_pixels_and_respects_pairs():
+    K = np.stack([K_matrix(200.0)] * 2)
+    T = np.stack([np.eye(4)] * 2)
+    occluded = plane()
+    occluded[:, : W // 2] = D / 2  # something in front of the left half in the second image
+    got = nso.depth_nso([plane(), occluded], K, T, stride=2)
+    assert got[0, 1] == pytest.approx(0.5, abs=0.01)
+    assert got[1, 0] == pytest.approx(0.5, abs=0.01)  # the occluder's pixels land on the plane's wrong depth
+    only = nso.depth_nso([plane(), occluded], K, T, stride=2, pairs=np.array([[0, 1], [0, 0]], bool))
+    assert only[0, 1] == pytest.approx(got[0, 1]) and only[1, 0] == 0.0
+
+
+def test_tracks_nso_counts_shared_points_over_the_image_points():
+    got = nso.tracks_nso([np.array([1, 2, 3, 4]), np.array([3, 4]), np.array([9]), np.array([], np.int64)])
+    assert got[0, 1] == pytest.approx(0.5) and got[1, 0] == pytest.approx(1.0)
+    assert got[0, 2] == 0.0 and got[3, 0] == 0.0 and got[3, 3] == 1.0
+
+
+def test_relative_scale_hand_cases_and_downsampling_only():
+    s = nso.relative_scale([1.0, 0.25, 0.5, 0.0, 1.0], [0.25, 1.0, 0.5, 0.3, 1.0],
+                           [100, 100, 400, 100, 100], [100, 100, 100, 100, 400])
+    assert s[:3].tolist() == pytest.approx([2.0, 0.5, 2.0])
+    assert np.isnan(s[3])  # nothing shared: no scale
+    assert s[4] == pytest.approx(0.5)  # same shares, the database image has 4x the pixels
+    q, d = nso.downsampling(s)
+    assert q.tolist()[:3] == pytest.approx([0.5, 1.0, 0.5]) and d.tolist()[:3] == pytest.approx([1.0, 0.5, 1.0])
+    assert (q[3], d[3]) == (1.0, 1.0)
+    assert np.all(q <= 1) and np.all(d <= 1)
+
+
+def test_nso_errors_follow_the_box_embeddings_protocol():
+    got = nso.nso_errors([0.5, 1.0, np.nan], [0.5, 0.0, 0.2], [0.5, 0.8, 0.3], [0.3, 0.0, 0.1])
+    # e1 = (0, 0.2), e2 = (0.2, 0): the NaN prediction is left out
+    assert got["pairs"] == 2
+    assert got["rmse"] == pytest.approx(np.sqrt((0.04 + 0.04) / 2))
+    assert got["l1"] == pytest.approx(0.2)
+    assert got["acc"] == pytest.approx(50.0)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nso")
+    synthetic.generate_scene(root / "scene", seed=0, num_images=6, width=160, height=120)
+    return open_scene("synthetic", root, "scene"), root
+
+
+def test_ground_truth_stores_nso_from_depth_beside_the_overlap(scene):
+    reader, root = scene
+    gt = write_scene_ground_truth(reader, root / "gt.h5", nso=NsoConf(stride=2))
+    back = read_gt(root / "gt.h5")
+    assert back.nso_source == "depth" and back.nso.dtype == np.float32 and back.nso.shape == (6, 6)
+    np.testing.assert_array_equal(back.nso, gt.nso)
+    assert np.all(np.diag(back.nso) == 1.0)
+    assert np.all((back.nso >= 0) & (back.nso <= 1))
+    # no shared 3D point, no shared surface; shared points, some shared surface
+    covisible = np.maximum(back.overlap, back.overlap.T) > 0
+    assert np.all(back.nso[~covisible] == 0)
+    off = covisible & ~np.eye(6, dtype=bool)
+    assert (back.nso[off] > 0).mean() > 0.8
+    # the same warp as the patch labels: NSO * valid pixels = the labels' count matrix summed
+    from vop.labels import lift_pixels, patch_correspondences
+
+    i, j = np.argwhere(off)[0]
+    depth_i, depth_j = reader.depth(gt.names[i], gt.image_size[i]), reader.depth(gt.names[j], gt.image_size[j])
+    counts = patch_correspondences(depth_i, gt.K[i], gt.T_w2cam[i], depth_j, gt.K[j], gt.T_w2cam[j], stride=2)
+    assert counts.sum() / lift_pixels(depth_i, gt.K[i], 2)[0].size == pytest.approx(back.nso[i, j], abs=1e-6)
+
+
+def test_ground_truth_without_nso_stays_valid(scene):
+    reader, root = scene
+    write_scene_ground_truth(reader, root / "none.h5", nso=NsoConf(geometry="none"))
+    back = read_gt(root / "none.h5")
+    assert back.nso is None and back.nso_source is None and back.overlap is not None
+    with pytest.raises(ValueError, match="nso.geometry"):
+        nso.ground_truth_nso(back, None, "depth")
