@@ -108,3 +108,67 @@ def test_ground_truth_without_nso_stays_valid(scene):
     assert back.nso is None and back.nso_source is None and back.overlap is not None
     with pytest.raises(ValueError, match="nso.geometry"):
         nso.ground_truth_nso(back, None, "depth")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Predicted NSO from the votes
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def brute_force_coverage(patches, cand, tau):
+    """Straightforward: per (query, candidate), which patches on each side have a partner above tau."""
+    enc = np.zeros(cand.shape)
+    con = np.zeros(cand.shape)
+    for q in range(cand.shape[0]):
+        for s, c in enumerate(cand[q]):
+            sim = patches[q] @ patches[c].T
+            enc[q, s] = (sim > tau).any(1).mean()
+            con[q, s] = (sim > tau).any(0).mean()
+    return enc, con
+
+
+def test_predicted_nso_of_identical_images_is_one_both_ways():
+    from vop.voting import PatchStore, vote_scores
+
+    rng = np.random.default_rng(0)
+    image = unit(rng.normal(size=(1, 256, 32)))
+    patches = np.concatenate([image, image, unit(rng.normal(size=(1, 256, 32)))])
+    s = PatchStore.from_array(patches)
+    _, enc, con = vote_scores(s, s, np.array([[1, 2], [0, 2], [0, 1]]), 0.8, True, shared=True, coverage=True)
+    assert enc[0, 0] == 1.0 and con[0, 0] == 1.0 and enc[1, 0] == 1.0 and con[1, 0] == 1.0
+    assert enc[0, 1] < 0.05 and con[0, 1] < 0.05  # random patches: hardly any cosine above 0.8
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("chunk_size, blocks_per_batch", [(64, 16), (3, 2)])
+def test_predicted_nso_equals_brute_force_and_leaves_votes_unchanged(shared, chunk_size, blocks_per_batch):
+    from vop import prefilter
+    from vop.voting import PatchStore, vote_scores
+
+    rng = np.random.default_rng(1)
+    n, m, d = 10, 12, 6
+    patches = unit(rng.normal(size=(n, m, d)))
+    patches[3, :6] = patches[5, 2:8]  # half of image 3 inside image 5
+    cand, _ = prefilter.prefilter(patches.mean(1), patches.mean(1), 4, exclude=np.arange(n))
+    s = PatchStore.from_array(patches, chunk_size=chunk_size)
+    tau = 0.6
+    votes, enc, con = vote_scores(s, s, cand, tau, True, shared=shared, blocks_per_batch=blocks_per_batch,
+                                  coverage=True)
+    want_enc, want_con = brute_force_coverage(patches, cand, tau)
+    np.testing.assert_allclose(enc, want_enc)
+    np.testing.assert_allclose(con, want_con)
+    np.testing.assert_array_equal(votes, vote_scores(s, s, cand, tau, True, shared=shared,
+                                                     blocks_per_batch=blocks_per_batch))
+    assert 0 < want_enc.mean() < 1 and not np.allclose(want_enc, want_con)  # asymmetric, not trivial
+    # a query shard gives its rows of the whole scene's (issue 17's sharded retrieval)
+    rows = np.arange(4, 8)
+    if shared:
+        _, enc_shard, con_shard = vote_scores(s, s, cand[rows], tau, True, shared=True, query_ids=rows, coverage=True)
+    else:
+        _, enc_shard, con_shard = vote_scores(PatchStore.from_array(patches[rows]), s, cand[rows], tau, True,
+                                              coverage=True)
+    np.testing.assert_allclose(enc_shard, want_enc[rows])
+    np.testing.assert_allclose(con_shard, want_con[rows])

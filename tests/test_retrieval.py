@@ -279,7 +279,7 @@ def test_run_method_writes_contract_files(tmp_path):
     assert info["tau"] == pytest.approx(1 - info["radius"]) and info["prefilter"] == 3
     assert info["mode"] == "register" and info["num_queries"] == 5
     lines = (tmp_path / "out" / "scores.csv").read_text().splitlines()
-    assert lines[0] == "query,db,rank,score,prefilter_score" and len(lines) == 11
+    assert lines[0] == "query,db,rank,score,prefilter_score,enclosure,concentration" and len(lines) == 11
     # The independent check recomputes the same pairs from the files alone.
     (tmp_path / "embeddings-e.h5").symlink_to(tmp_path / "emb.h5")
     equal, message = reference.check_method_dir(tmp_path / "out")

@@ -164,7 +164,7 @@ def _blocks(candidates: np.ndarray, shared: bool, query_ids: np.ndarray | None =
 
 def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau: float, tfidf: bool = True,
                 shared: bool = False, blocks_per_batch: int | None = None,
-                query_ids: np.ndarray | None = None) -> np.ndarray:
+                query_ids: np.ndarray | None = None, coverage: bool = False):
     """VOP votes (num_queries, P) of every query (a left image) for its P candidates (right images).
 
     With s(p,r) the cosine of query patch p and candidate patch r,
@@ -173,6 +173,11 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     n_p = candidate patches within the radius of p, m_p = candidates holding at least one, n_d = M.
     `shared` (register mode, left is right): the block of (a,b) also gives b's votes for a; the queries are
     the store's images `query_ids` (default: all, in order), e.g. one shard of a scene's queries.
+
+    With `coverage`, returns (votes, enclosure, concentration), each (num_queries, P): the share of the
+    query's patches with at least one candidate patch within the radius, and the share of the candidate's
+    patches within the radius of some query patch (vop.nso: predicted NSO both ways). Both come from the
+    blocks the votes are computed from (a row and a column reduction of the same thresholded similarities).
     """
     if shared and left is not right:
         raise ValueError("shared blocks need the same store on both sides (register mode)")
@@ -184,6 +189,8 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     # Per (query, slot, query patch): summed similarity within the radius and number of hits.
     sums = torch.zeros(num_queries, num_cand, num_patches)
     hits = torch.zeros(num_queries, num_cand, num_patches)
+    # Per (query, slot): how many of the candidate's patches some query patch reaches (coverage only).
+    covered = torch.zeros(num_queries, num_cand) if coverage else None
 
     blocks = _blocks(candidates, shared, query_ids)
     a_chunk, b_chunk = blocks.a // left.chunk_size, blocks.b // right.chunk_size
@@ -201,7 +208,7 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
             left_chunk, right_chunk = left.chunk(ca), right.chunk(cb)
             tile = VoteTile(left_chunk, right_chunk, blocks.a[sel] - ca * left.chunk_size,
                             blocks.b[sel] - cb * right.chunk_size, blocks.row_ab[sel], blocks.slot_ab[sel],
-                            blocks.row_ba[sel], blocks.slot_ba[sel], tau, sums, hits)
+                            blocks.row_ba[sel], blocks.slot_ba[sel], tau, sums, hits, covered)
             jobs = [(pool.submit(tile.vote, starts, counts), int(counts.sum()))
                     for starts, counts in _batches(tile.a_local, blocks_per_batch)]
             for job, num_blocks in jobs:
@@ -216,7 +223,12 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
         weight = torch.where(m_p > 0, n_p / num_patches * idf, torch.zeros_like(n_p))
     else:
         weight = torch.ones(num_queries, num_patches)
-    return torch.einsum("qcp,qp->qc", sums, weight).numpy()
+    votes = torch.einsum("qcp,qp->qc", sums, weight).numpy()
+    if not coverage:
+        return votes
+    enclosure = (hits > 0).sum(2).float() / num_patches
+    concentration = covered / right.chunk(0).shape[1]
+    return votes, enclosure.numpy(), concentration.numpy()
 
 
 def _batches(a_local: np.ndarray, blocks_per_batch: int):
@@ -254,6 +266,7 @@ class VoteTile:
     tau: float
     sums: torch.Tensor
     hits: torch.Tensor
+    covered: torch.Tensor | None = None  # (num_queries, P): the candidate's patches reached (vote_scores coverage)
 
     def vote(self, starts: np.ndarray, counts: np.ndarray) -> None:
         """One matrix product for L left images against their (at most W) right partners, then the votes."""
@@ -273,14 +286,18 @@ class VoteTile:
         right_sums = sim.sum(3) if for_right.any() else None  # (L, W, M_right)
         sim.clamp_(max=HIT)
         left_hits = sim.sum(2) / HIT
-        right_hits = sim.sum(3) / HIT if for_right.any() else None
-        for need, query, slot, sum_, hit in ((for_left, self.row_ab, self.slot_ab, left_sums, left_hits),
-                                             (for_right, self.row_ba, self.slot_ba, right_sums, right_hits)):
+        # the column reduction also says which right patches some left patch reaches (coverage)
+        right_hits = sim.sum(3) / HIT if for_right.any() or self.covered is not None else None
+        for need, query, slot, sum_, hit, other in (
+                (for_left, self.row_ab, self.slot_ab, left_sums, left_hits, right_hits),
+                (for_right, self.row_ba, self.slot_ba, right_sums, right_hits, left_hits)):
             if need.any():
                 mask = torch.from_numpy(need).to(dev)
                 rows, cols = torch.from_numpy(query[pos][need]), torch.from_numpy(slot[pos][need])
                 self.sums[rows, cols] = sum_[mask].cpu()
                 self.hits[rows, cols] = hit[mask].cpu()
+                if self.covered is not None:  # the candidate's side of the block: its patches reached
+                    self.covered[rows, cols] = (other[mask] > 0).sum(-1).float().cpu()
 
 
 def subset(store: PatchStore, ids: np.ndarray) -> PatchStore:
