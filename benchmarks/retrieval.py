@@ -191,7 +191,8 @@ def main(argv=None) -> None:
     result = None
     for n in args.sizes:
         result = run(n, args.prefilter, args.k, args.radius, args.straightforward_queries)
-        print(f"N={n}: ours {result['ours']:.1f} queries/s ({result['coverage']:.1f} with coverage), straightforward {result['straightforward']:.1f} "
+        print(f"N={n}: ours {result['ours']:.1f} queries/s ({result['coverage']:.1f} with coverage), "
+              f"straightforward {result['straightforward']:.1f} "
               f"queries/s ({result['checked']} queries), top-{args.k} agree: {result['agree']}, "
               f"max |score diff| {result['max_diff']:.1e}, {result['blocks']} blocks for {n * args.prefilter} "
               f"query-candidate pairs, {100 * result['hits']:.0f}% of candidates voted for")
