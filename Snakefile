@@ -38,6 +38,7 @@ include: "workflow/rules/matches.smk"
 include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/protocols.smk"
+include: "workflow/rules/overlap.smk"
 include: "workflow/rules/summary.smk"
 
 
@@ -50,6 +51,8 @@ rule all:
             dataset=datasets_where(lambda ds: ds.conf.methods and ds.has_poses),
         ),
         protocol_targets(DATASETS),
+        expand(rules.nso_table.output[0], dataset=nso_datasets()),
+        expand(rules.nso_plots.output, dataset=nso_datasets()),
         expand(rules.run_summary.output, dataset=datasets_where(lambda ds: ds.conf.methods)),
 
 
@@ -65,3 +68,5 @@ rule demo:
             dataset=datasets_where(lambda ds: ds.reader.generated and ds.conf.methods and ds.has_poses),
         ),
         protocol_targets(datasets_where(lambda ds: ds.reader.generated)),
+        expand(rules.nso_table.output[0], dataset=[ds for ds in nso_datasets() if DATASETS[ds].reader.generated]),
+        expand(rules.nso_plots.output, dataset=[ds for ds in nso_datasets() if DATASETS[ds].reader.generated]),

@@ -172,3 +172,86 @@ def test_predicted_nso_equals_brute_force_and_leaves_votes_unchanged(shared, chu
                                               coverage=True)
     np.testing.assert_allclose(enc_shard, want_enc[rows])
     np.testing.assert_allclose(con_shard, want_con[rows])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The workflow: overlap.csv per method, nso.csv per dataset
+
+
+def test_workflow_writes_overlap_and_the_nso_table(tiny_run):
+    import h5py
+    import pandas as pd
+    from test_workflow import snakemake as run_snakemake
+
+    from vop.io import read_pairs
+
+    run_snakemake(tiny_run, "results/tiny/nso.csv")
+    table = pd.read_csv(tiny_run / "results/tiny/nso.csv")
+    assert sorted(table.method.unique()) == ["cls", "vop", "vop_identity"]
+    for scene in ("room_a", "room_b"):
+        gt = read_gt(tiny_run / f"results/tiny/{scene}/gt.h5")
+        assert gt.nso_source == "depth"
+        index = gt.index()
+        for method in ("vop", "cls"):
+            run_dir = tiny_run / f"results/tiny/{scene}/{method}"
+            overlap = pd.read_csv(run_dir / "overlap.csv")
+            assert list(zip(overlap["query"], overlap["db"])) == read_pairs(run_dir / "pairs.txt")
+            q = overlap["query"].map(index).to_numpy()
+            d = overlap["db"].map(index).to_numpy()
+            np.testing.assert_allclose(overlap.true_enclosure, gt.nso[q, d], atol=1e-5)
+            np.testing.assert_allclose(overlap.true_concentration, gt.nso[d, q], atol=1e-5)
+            assert overlap[["enclosure", "concentration"]].stack().between(0, 1).all()
+            area = gt.image_size.prod(1)
+            known = overlap.concentration > 0
+            np.testing.assert_allclose(overlap.relative_scale[known], np.sqrt(
+                overlap.enclosure / overlap.concentration * area[q] / area[d])[known], rtol=1e-4)
+            # the table's row is the protocol over these pairs
+            row = table[(table.method == method) & (table.scene == scene)].iloc[0]
+            want = nso.nso_errors(overlap.enclosure, overlap.concentration, overlap.true_enclosure,
+                                  overlap.true_concentration)
+            assert row.pairs == want["pairs"] == len(overlap)
+            assert row.rmse == pytest.approx(want["rmse"], abs=1e-4) and row.acc == pytest.approx(want["acc"], abs=1e-3)
+        # cls: the baseline thresholds the raw backbone patches at the automatic radius, like VOP's votes
+        cls = pd.read_csv(tiny_run / f"results/tiny/{scene}/cls/overlap.csv").iloc[0]
+        with h5py.File(tiny_run / f"results/tiny/{scene}/features-dense_sift.h5") as f:
+            a, b = (unit(f[name]["patch_descriptors"][()].astype(np.float32)) for name in (cls["query"], cls["db"]))
+        from vop.voting import PatchStore, auto_radius
+
+        radius, _ = auto_radius(PatchStore.from_h5(tiny_run / f"results/tiny/{scene}/features-dense_sift.h5",
+                                                   gt.names))
+        sim = a @ b.T > 1 - radius
+        assert cls.enclosure == pytest.approx(sim.any(1).mean(), abs=1e-6)
+        assert cls.concentration == pytest.approx(sim.any(0).mean(), abs=1e-6)
+    pooled = table[table.scene == "ALL"].set_index("method")
+    per_scene = table[table.scene != "ALL"].groupby("method").pairs.sum()
+    assert (pooled.pairs == per_scene[pooled.index]).all()
+
+
+def test_coverage_threshold_above_the_voting_one_equals_brute_force():
+    from vop.voting import PatchStore, vote_scores
+
+    rng = np.random.default_rng(2)
+    patches = unit(rng.normal(size=(6, 12, 4)))
+    cand = np.array([[(q + 1) % 6, (q + 2) % 6] for q in range(6)])
+    s = PatchStore.from_array(patches, chunk_size=4)
+    votes, enc, con = vote_scores(s, s, cand, 0.3, True, shared=True, coverage=True, coverage_tau=0.8)
+    want_enc, want_con = brute_force_coverage(patches, cand, 0.8)
+    np.testing.assert_allclose(enc, want_enc)
+    np.testing.assert_allclose(con, want_con)
+    np.testing.assert_array_equal(votes, vote_scores(s, s, cand, 0.3, True, shared=True))
+    # below the voting threshold it is the voting threshold (what was thresholded away is gone)
+    _, low, _ = vote_scores(s, s, cand, 0.3, True, shared=True, coverage=True, coverage_tau=0.1)
+    np.testing.assert_allclose(low, brute_force_coverage(patches, cand, 0.3)[0])
+
+
+def test_chance_threshold_gives_the_chance_of_a_partner_in_unrelated_images():
+    from vop.voting import PatchStore, chance_threshold
+
+    rng = np.random.default_rng(3)
+    patches = unit(rng.normal(size=(60, 64, 8)))  # unrelated images: random patches
+    tau = chance_threshold(PatchStore.from_array(patches), 0.3)
+    # the share of patches of one image with some partner above tau in another
+    found = np.mean([(patches[i] @ patches[i + 1].T > tau).any(1).mean() for i in range(0, 59, 2)])
+    assert found == pytest.approx(0.3, abs=0.05)
+    with pytest.raises(ValueError, match="nso_chance"):
+        chance_threshold(PatchStore.from_array(patches), 1.0)

@@ -273,7 +273,16 @@ class PrefilterIndexConf(Conf):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClsConf(PrefilterIndexConf, MethodConf):
+class NsoChanceConf(Conf):
+    """The patch threshold of the predicted NSO (vop.nso): a patch has a partner in another image above the
+    cosine at which a patch of an unrelated image finds one among its patches with probability `nso_chance`
+    (estimated from patches of different images; None: the voting radius's threshold)."""
+
+    nso_chance: float | None = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClsConf(NsoChanceConf, PrefilterIndexConf, MethodConf):
     """Top-k by cosine of the global descriptors (faiss: exact below ivf_min_images, IVF above)."""
 
     needs: ClassVar[str | None] = "features"
@@ -281,7 +290,7 @@ class ClsConf(PrefilterIndexConf, MethodConf):
 
 
 @dataclass(frozen=True, kw_only=True)
-class VopConf(PrefilterIndexConf, MethodConf):
+class VopConf(NsoChanceConf, PrefilterIndexConf, MethodConf):
     """Top-`prefilter` by global descriptor, then patch voting (radius search + TF-IDF), top-k by votes."""
 
     needs: ClassVar[str | None] = "embeddings"
@@ -395,7 +404,8 @@ STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": Lo
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "LabelsConf",
-    "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "NsoConf", "OracleConf",
+    "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "NsoChanceConf", "NsoConf",
+    "OracleConf",
     "PoseConf",
     "RandomConf", "STAGE_CONFS", "SoftwareConf", "SyntheticConf", "TrainConf", "TriangulationConf", "VerifyConf",
     "VopConf",

@@ -32,7 +32,7 @@ from vop.conf import ClsConf, MatchingConf, MethodConf, OracleConf, RandomConf, 
 from vop.datasets import split_queries
 from vop.prefilter import build_index, load_index, prefilter, save_index, search
 from vop.utils import l2_normalize
-from vop.voting import PatchStore, auto_radius, subset, vote_scores
+from vop.voting import PatchStore, auto_radius, chance_threshold, subset, vote_scores
 
 logger = logging.getLogger(__name__)
 
@@ -199,10 +199,11 @@ def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | n
         info["ranked_in_prefilter_order_after"] = num_candidates
     if register:
         votes, enclosure, concentration = vote_scores(patches, patches, cand, tau, conf.tfidf, shared=True,
-                                                      query_ids=queries, coverage=True)
+                                                      query_ids=queries, coverage=True,
+                                                      coverage_tau=info.get("nso_tau"))
     else:
         votes, enclosure, concentration = vote_scores(subset(patches, queries), subset(patches, database), cand,
-                                                      tau, conf.tfidf, coverage=True)
+                                                      tau, conf.tfidf, coverage=True, coverage_tau=info.get("nso_tau"))
     # Ties, and queries whose candidates got no vote at all, fall back to prefilter order (the slot order).
     best = rank_rows(votes, min(k, num_candidates))
     no_votes = int((votes <= 0).all(axis=1).sum())
@@ -226,6 +227,8 @@ def vop_radius(conf: VopConf, patches: PatchStore, database: np.ndarray) -> tupl
     radius = float(radius)
     if not 0 < radius <= 1:
         raise ValueError(f"vop: radius {radius} is outside (0, 1]: patches vote when their cosine exceeds 1 - radius")
+    if conf.nso_chance is not None:  # the predicted NSO's partner threshold (vop.nso), at least the voting one
+        info["nso_tau"] = max(1.0 - radius, chance_threshold(subset(patches, database), conf.nso_chance, conf.seed))
     return radius, info
 
 

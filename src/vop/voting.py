@@ -105,6 +105,14 @@ def auto_radius(store: PatchStore, seed: int = 0, num_samples: int = PATCH_SAMPL
     Pairs are drawn from at most `max_images` images (a seeded subset of a larger scene). Returns
     (radius, median); the radius is kept in [0.1, 1.0] so that tau = 1 - radius stays below 1.
     """
+    median = float(np.median(_random_pair_cosines(store, seed, num_samples, max_images)[0]))
+    radius = float(np.clip(np.round(median, 1), 0.1, 1.0))
+    return radius, median
+
+
+def _random_pair_cosines(store: PatchStore, seed: int, num_samples: int, max_images: int) -> tuple[np.ndarray, int]:
+    """Cosines of `num_samples` random patch pairs from different images (of at most `max_images` images, a
+    seeded subset of a larger scene), and the number of patches per image."""
     rng = np.random.default_rng(seed)
     ids = np.arange(store.num_images)
     if len(ids) > max_images:
@@ -115,9 +123,20 @@ def auto_radius(store: PatchStore, seed: int = 0, num_samples: int = PATCH_SAMPL
     b = (a + rng.integers(1, n, num_samples)) % n  # a different image
     pa = patches[a, rng.integers(0, m, num_samples)]
     pb = patches[b, rng.integers(0, m, num_samples)]
-    median = float(np.median(np.sum(pa * pb, axis=1)))
-    radius = float(np.clip(np.round(median, 1), 0.1, 1.0))
-    return radius, median
+    return np.sum(pa * pb, axis=1), m
+
+
+def chance_threshold(store: PatchStore, chance: float, seed: int = 0, num_samples: int = 2 * PATCH_SAMPLES_FOR_RADIUS,
+                     max_images: int = IMAGES_FOR_RADIUS) -> float:
+    """The cosine above which a patch finds a partner among the M patches of an unrelated image with
+    probability `chance`: the (1 - p) quantile of the cosines of random patch pairs of different images, with
+    1 - (1 - p)^M = chance. The predicted NSO's threshold (vop.nso): a fixed radius saturates it, since
+    nearly every patch has some neighbour within a voting radius among 256."""
+    if not 0 < chance < 1:
+        raise ValueError(f"nso_chance {chance} is outside (0, 1)")
+    cosines, m = _random_pair_cosines(store, seed, num_samples, max_images)
+    p = 1.0 - (1.0 - chance) ** (1.0 / m)
+    return float(np.quantile(cosines, 1.0 - p))
 
 
 @dataclass
@@ -164,7 +183,7 @@ def _blocks(candidates: np.ndarray, shared: bool, query_ids: np.ndarray | None =
 
 def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau: float, tfidf: bool = True,
                 shared: bool = False, blocks_per_batch: int | None = None,
-                query_ids: np.ndarray | None = None, coverage: bool = False):
+                query_ids: np.ndarray | None = None, coverage: bool = False, coverage_tau: float | None = None):
     """VOP votes (num_queries, P) of every query (a left image) for its P candidates (right images).
 
     With s(p,r) the cosine of query patch p and candidate patch r,
@@ -176,8 +195,9 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
 
     With `coverage`, returns (votes, enclosure, concentration), each (num_queries, P): the share of the
     query's patches with at least one candidate patch within the radius, and the share of the candidate's
-    patches within the radius of some query patch (vop.nso: predicted NSO both ways). Both come from the
-    blocks the votes are computed from (a row and a column reduction of the same thresholded similarities).
+    patches within the radius of some query patch (vop.nso: predicted NSO both ways). `coverage_tau` (at
+    least tau; default tau) is the cosine a partner must exceed there. Both come from the blocks the votes
+    are computed from (reductions of the same thresholded similarities).
     """
     if shared and left is not right:
         raise ValueError("shared blocks need the same store on both sides (register mode)")
@@ -189,8 +209,10 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     # Per (query, slot, query patch): summed similarity within the radius and number of hits.
     sums = torch.zeros(num_queries, num_cand, num_patches)
     hits = torch.zeros(num_queries, num_cand, num_patches)
-    # Per (query, slot): how many of the candidate's patches some query patch reaches (coverage only).
-    covered = torch.zeros(num_queries, num_cand) if coverage else None
+    # Per (query, slot): how many of the query's patches reach the candidate, and of the candidate's are
+    # reached (coverage only).
+    covered = torch.zeros(num_queries, num_cand, 2) if coverage else None
+    coverage_tau = tau if coverage_tau is None else max(float(coverage_tau), tau)
 
     blocks = _blocks(candidates, shared, query_ids)
     a_chunk, b_chunk = blocks.a // left.chunk_size, blocks.b // right.chunk_size
@@ -208,7 +230,7 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
             left_chunk, right_chunk = left.chunk(ca), right.chunk(cb)
             tile = VoteTile(left_chunk, right_chunk, blocks.a[sel] - ca * left.chunk_size,
                             blocks.b[sel] - cb * right.chunk_size, blocks.row_ab[sel], blocks.slot_ab[sel],
-                            blocks.row_ba[sel], blocks.slot_ba[sel], tau, sums, hits, covered)
+                            blocks.row_ba[sel], blocks.slot_ba[sel], tau, sums, hits, covered, coverage_tau)
             jobs = [(pool.submit(tile.vote, starts, counts), int(counts.sum()))
                     for starts, counts in _batches(tile.a_local, blocks_per_batch)]
             for job, num_blocks in jobs:
@@ -226,8 +248,8 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     votes = torch.einsum("qcp,qp->qc", sums, weight).numpy()
     if not coverage:
         return votes
-    enclosure = (hits > 0).sum(2).float() / num_patches
-    concentration = covered / right.chunk(0).shape[1]
+    enclosure = covered[..., 0] / num_patches
+    concentration = covered[..., 1] / right.chunk(0).shape[1]
     return votes, enclosure.numpy(), concentration.numpy()
 
 
@@ -266,7 +288,8 @@ class VoteTile:
     tau: float
     sums: torch.Tensor
     hits: torch.Tensor
-    covered: torch.Tensor | None = None  # (num_queries, P): the candidate's patches reached (vote_scores coverage)
+    covered: torch.Tensor | None = None  # (num_queries, P, 2): patches reached, query's and candidate's
+    coverage_tau: float = 1.0  # the cosine a partner exceeds there (>= tau)
 
     def vote(self, starts: np.ndarray, counts: np.ndarray) -> None:
         """One matrix product for L left images against their (at most W) right partners, then the votes."""
@@ -284,20 +307,25 @@ class VoteTile:
         for_right = valid & (self.slot_ba[pos] >= 0)  # the right image is a query with the left one as candidate
         left_sums = sim.sum(2)  # (L, W, M_left): per left patch, summed similarity within the radius
         right_sums = sim.sum(3) if for_right.any() else None  # (L, W, M_right)
+        reached = None
+        if self.covered is not None:  # (L, W, 2): left patches with a partner above coverage_tau, right ones
+            partner = sim > self.coverage_tau  # sim is 0 at and below tau <= coverage_tau
+            reached = torch.stack([partner.any(2).sum(-1), partner.any(3).sum(-1)], -1).float()
+            del partner
         sim.clamp_(max=HIT)
         left_hits = sim.sum(2) / HIT
-        # the column reduction also says which right patches some left patch reaches (coverage)
-        right_hits = sim.sum(3) / HIT if for_right.any() or self.covered is not None else None
-        for need, query, slot, sum_, hit, other in (
-                (for_left, self.row_ab, self.slot_ab, left_sums, left_hits, right_hits),
-                (for_right, self.row_ba, self.slot_ba, right_sums, right_hits, left_hits)):
+        right_hits = sim.sum(3) / HIT if for_right.any() else None
+        directions = ((for_left, self.row_ab, self.slot_ab, left_sums, left_hits, False),
+                      (for_right, self.row_ba, self.slot_ba, right_sums, right_hits, True))
+        for need, query, slot, sum_, hit, flip in directions:
             if need.any():
                 mask = torch.from_numpy(need).to(dev)
                 rows, cols = torch.from_numpy(query[pos][need]), torch.from_numpy(slot[pos][need])
                 self.sums[rows, cols] = sum_[mask].cpu()
                 self.hits[rows, cols] = hit[mask].cpu()
-                if self.covered is not None:  # the candidate's side of the block: its patches reached
-                    self.covered[rows, cols] = (other[mask] > 0).sum(-1).float().cpu()
+                if reached is not None:  # (query's patches, candidate's patches) of this direction
+                    got = reached[mask]
+                    self.covered[rows, cols] = (got.flip(-1) if flip else got).cpu()
 
 
 def subset(store: PatchStore, ids: np.ndarray) -> PatchStore:

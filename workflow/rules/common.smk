@@ -358,3 +358,29 @@ def summary_results_dirs(dataset):
     encoders = {METHODS[m].get("encoder") for m in DATASETS[dataset].conf.methods} & set(TRAINED_ENCODERS)
     training = sorted({d for e in encoders for d in ENCODERS[e]["train"]["datasets"]} - {dataset})
     return [os.path.dirname(rules.auc_table.output[0].format(dataset=d)) for d in [dataset, *training]]
+
+
+# Overlap both ways round (overlap.smk, vop.nso)
+
+NSO_METHOD_TYPES = ("vop", "cls")
+
+
+def nso_methods(dataset):
+    """The dataset's methods that predict NSO (vop: its votes; cls: the baseline from the same patches)."""
+    return [m for m in DATASETS[dataset].conf.methods if METHODS[m]["type"] in NSO_METHOD_TYPES]
+
+
+def nso_datasets():
+    return datasets_where(lambda ds: ds.has_poses and ds.protocol == "auc" and nso_methods(ds.name))
+
+
+def overlap_inputs(wildcards):
+    inputs = {"scores": scene_file("retrieve", wildcards, output="scores", method=wildcards.method),
+              "gt": scene_file("ground_truth", wildcards)}
+    if METHODS[wildcards.method]["type"] == "cls":  # the baseline votes with the backbone's patches
+        inputs.update(method_files(wildcards))
+    return inputs
+
+
+def nso_runs(dataset):
+    return [{"method": m, "scene": s} for m in nso_methods(dataset) for s in DATASETS[dataset].scenes]
