@@ -185,8 +185,12 @@ def test_workflow_writes_overlap_and_the_nso_table(tiny_run):
 
     from vop.io import read_pairs
 
-    run_snakemake(tiny_run, "results/tiny/nso.csv")
+    run_snakemake(tiny_run, "results/tiny/nso.csv", "results/tiny/plots/nso.png", "results/tiny/plots/nso_pairs.png")
     table = pd.read_csv(tiny_run / "results/tiny/nso.csv")
+    from vop.images import read_image
+
+    scatter = read_image(tiny_run / "results/tiny/plots/nso.png")
+    assert scatter.shape[0] > scatter.shape[1]  # one row of (enclosure, concentration) per method: three
     assert sorted(table.method.unique()) == ["cls", "vop", "vop_identity"]
     for scene in ("room_a", "room_b"):
         gt = read_gt(tiny_run / f"results/tiny/{scene}/gt.h5")
@@ -255,3 +259,13 @@ def test_chance_threshold_gives_the_chance_of_a_partner_in_unrelated_images():
     assert found == pytest.approx(0.3, abs=0.05)
     with pytest.raises(ValueError, match="nso_chance"):
         chance_threshold(PatchStore.from_array(patches), 1.0)
+
+
+def test_rescaled_pairs_are_those_with_the_largest_scale_change_either_way():
+    import pandas as pd
+
+    from vop.nso_plots import largest_scale_changes
+
+    table = pd.DataFrame({"query": list("abcde"), "relative_scale": [1.0, 4.0, 0.2, np.nan, 0.5]})
+    assert largest_scale_changes(table, 2)["query"].tolist() == ["c", "b"]  # |log 0.2| > |log 4|
+    assert largest_scale_changes(table, 10)["query"].tolist() == ["c", "b", "e", "a"]

@@ -59,8 +59,7 @@ def plot_rescaled_pairs(runs: Sequence[dict], out_png: str | Path, num_pairs: in
     predicted relative scale, `vop.nso.downsampling`), titled with the predicted and the true scale."""
     tables = _read_runs(runs)
     method, t = next(iter(tables.items()))
-    t = t[np.isfinite(t.relative_scale)]
-    t = t.iloc[np.argsort(-np.abs(np.log(t.relative_scale.to_numpy())), kind="stable")[:num_pairs]]
+    t = largest_scale_changes(t, num_pairs)
     fig = Figure(figsize=(8.0, 1.9 * max(1, len(t))))
     axes = fig.subplots(max(1, len(t)), 2, squeeze=False)
     for ax in axes.ravel():
@@ -83,6 +82,13 @@ def plot_rescaled_pairs(runs: Sequence[dict], out_png: str | Path, num_pairs: in
         axes[r, 1].set_title(f"rescaled: predicted s = {row.relative_scale:.2f} (true {true})", fontsize=7)
     fig.tight_layout()
     _save(fig, out_png)
+
+
+def largest_scale_changes(table: pd.DataFrame, num: int) -> pd.DataFrame:
+    """The `num` rows of an overlap table with the largest predicted scale change either way (|log s|), first
+    first; rows without a scale are left out."""
+    t = table[np.isfinite(table.relative_scale)]
+    return t.iloc[np.argsort(-np.abs(np.log(t.relative_scale.to_numpy())), kind="stable")[:num]]
 
 
 def _scaled(image: np.ndarray, s: float) -> np.ndarray:

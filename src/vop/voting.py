@@ -309,9 +309,10 @@ class VoteTile:
         right_sums = sim.sum(3) if for_right.any() else None  # (L, W, M_right)
         reached = None
         if self.covered is not None:  # (L, W, 2): left patches with a partner above coverage_tau, right ones
-            partner = sim > self.coverage_tau  # sim is 0 at and below tau <= coverage_tau
-            reached = torch.stack([partner.any(2).sum(-1), partner.any(3).sum(-1)], -1).float()
-            del partner
+            # each patch's best partner (sim is 0 at and below tau <= coverage_tau); amax is ~10x faster than
+            # reducing a boolean copy of the block (benchmarks/retrieval.py, "coverage")
+            ctau = self.coverage_tau
+            reached = torch.stack([(sim.amax(2) > ctau).sum(-1), (sim.amax(3) > ctau).sum(-1)], -1).float()
         sim.clamp_(max=HIT)
         left_hits = sim.sum(2) / HIT
         right_hits = sim.sum(3) / HIT if for_right.any() else None
