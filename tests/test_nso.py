@@ -215,15 +215,17 @@ def test_workflow_writes_overlap_and_the_nso_table(tiny_run):
                                   overlap.true_concentration)
             assert row.pairs == want["pairs"] == len(overlap)
             assert row.rmse == pytest.approx(want["rmse"], abs=1e-4) and row.acc == pytest.approx(want["acc"], abs=1e-3)
-        # cls: the baseline thresholds the raw backbone patches at the automatic radius, like VOP's votes
+        # cls: the baseline thresholds the raw backbone patches by vop's rule (the chance of a partner)
         cls = pd.read_csv(tiny_run / f"results/tiny/{scene}/cls/overlap.csv").iloc[0]
-        with h5py.File(tiny_run / f"results/tiny/{scene}/features-dense_sift.h5") as f:
+        features = tiny_run / f"results/tiny/{scene}/features-dense_sift.h5"
+        with h5py.File(features) as f:
             a, b = (unit(f[name]["patch_descriptors"][()].astype(np.float32)) for name in (cls["query"], cls["db"]))
-        from vop.voting import PatchStore, auto_radius
+        from vop.conf import ClsConf
+        from vop.voting import PatchStore, auto_radius, chance_threshold
 
-        radius, _ = auto_radius(PatchStore.from_h5(tiny_run / f"results/tiny/{scene}/features-dense_sift.h5",
-                                                   gt.names))
-        sim = a @ b.T > 1 - radius
+        store = PatchStore.from_h5(features, gt.names)
+        tau = max(1 - auto_radius(store)[0], chance_threshold(store, ClsConf.nso_chance))
+        sim = a @ b.T > tau
         assert cls.enclosure == pytest.approx(sim.any(1).mean(), abs=1e-6)
         assert cls.concentration == pytest.approx(sim.any(0).mean(), abs=1e-6)
     pooled = table[table.scene == "ALL"].set_index("method")
