@@ -271,3 +271,41 @@ def test_rescaled_pairs_are_those_with_the_largest_scale_change_either_way():
     table = pd.DataFrame({"query": list("abcde"), "relative_scale": [1.0, 4.0, 0.2, np.nan, 0.5]})
     assert largest_scale_changes(table, 2)["query"].tolist() == ["c", "b"]  # |log 0.2| > |log 4|
     assert largest_scale_changes(table, 10)["query"].tolist() == ["c", "b", "e", "a"]
+
+
+def test_cli_overlap_and_nso_table_from_a_vop_ranking(tmp_path):
+    import pandas as pd
+
+    from vop.cli import main as vop_main
+    from vop.io import GroundTruth, write_csv, write_gt
+
+    names = ["wide.jpg", "close.jpg", "other.jpg"]
+    truth = np.array([[1.0, 0.25, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    K, T = np.stack([K_matrix(200.0)] * 3), np.stack([np.eye(4)] * 3)
+    write_gt(tmp_path / "gt.h5", GroundTruth(names, K, T, np.array([[W, H]] * 3), np.eye(3, dtype=np.float32),
+                                             nso=truth, nso_source="depth"))
+    header = ["query", "db", "rank", "score", "prefilter_score", "enclosure", "concentration"]
+    write_csv(tmp_path / "scores.csv", header,
+              [("wide.jpg", "close.jpg", 0, 1, 1, 0.3, 0.85), ("close.jpg", "wide.jpg", 0, 1, 1, 0.85, 0.3),
+               ("other.jpg", "wide.jpg", 0, 1, 1, 0.0, 0.0)])
+    assert vop_main(["overlap", "--type", "vop", "--scores", str(tmp_path / "scores.csv"), "--gt",
+                     str(tmp_path / "gt.h5"), "--out", str(tmp_path / "overlap.csv")]) == 0
+    got = pd.read_csv(tmp_path / "overlap.csv")
+    assert got.true_enclosure.tolist() == [0.25, 1.0, 0.0] and got.true_concentration.tolist() == [1.0, 0.25, 0.0]
+    assert got.relative_scale[:2].tolist() == pytest.approx([np.sqrt(0.3 / 0.85), np.sqrt(0.85 / 0.3)])
+    assert got.true_relative_scale[1] == pytest.approx(2.0) and np.isnan(got.relative_scale[2])
+    assert vop_main(["nso-table", "--run", "vop", "s", str(tmp_path / "overlap.csv"), "--out",
+                     str(tmp_path / "nso.csv")]) == 0
+    table = pd.read_csv(tmp_path / "nso.csv")
+    # e1 = (0.05, -0.15, 0), e2 = (-0.15, 0.05, 0)
+    assert table.scene.tolist() == ["s", "ALL"] and table.pairs.tolist() == [3, 3]
+    assert table.rmse[0] == pytest.approx(np.sqrt(2 * (0.05**2 + 0.15**2) / 3), abs=1e-4)
+    assert table.l1[0] == pytest.approx(2 * 0.2 / 3, abs=1e-4)
+    assert table.acc[0] == pytest.approx(100 * 4 / 6, abs=1e-3)
+    assert table.pairs_scale_2x.tolist() == [2, 2]  # (wide, close) and (close, wide): 2x either way
+    # a ranking without the predicted NSO (written before it existed) is refused with the fix
+    write_csv(tmp_path / "old.csv", ["query", "db", "rank", "score", "prefilter_score"],
+              [("wide.jpg", "close.jpg", 0, 1, 1)])
+    with pytest.raises(ValueError, match="rerun its rule"):
+        vop_main(["overlap", "--type", "vop", "--scores", str(tmp_path / "old.csv"), "--gt", str(tmp_path / "gt.h5"),
+                  "--out", str(tmp_path / "x.csv")])
