@@ -503,6 +503,7 @@ def _readme_tables(p):
         _, tables = render(args.markdown.read_text(encoding="utf-8"), args.markdown.parent, str(args.markdown))
         for source, table in tables:
             print(f"{source}:\n{table}")
+    return run
 
 
 def _install_profile(p):
