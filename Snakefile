@@ -39,6 +39,7 @@ include: "workflow/rules/pose.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/protocols.smk"
 include: "workflow/rules/sfm.smk"
+include: "workflow/rules/overlap.smk"
 include: "workflow/rules/summary.smk"
 
 
@@ -51,6 +52,8 @@ rule all:
             dataset=datasets_where(lambda ds: ds.conf.methods and ds.has_poses),
         ),
         protocol_targets(DATASETS),
+        expand(rules.nso_table.output[0], dataset=nso_datasets()),
+        expand(rules.nso_plots.output, dataset=nso_datasets()),
         expand(rules.run_summary.output, dataset=datasets_where(lambda ds: ds.conf.methods)),
 
 
@@ -66,3 +69,5 @@ rule demo:
             dataset=datasets_where(lambda ds: ds.reader.generated and ds.conf.methods and ds.has_poses),
         ),
         protocol_targets(datasets_where(lambda ds: ds.reader.generated)),
+        expand(rules.nso_table.output[0], dataset=[ds for ds in nso_datasets() if DATASETS[ds].reader.generated]),
+        expand(rules.nso_plots.output, dataset=[ds for ds in nso_datasets() if DATASETS[ds].reader.generated]),

@@ -9,6 +9,7 @@ paper's code does) and `vop.voting.vote_scores` (batched matrix products, regist
 per image pair). The script checks that the top-k agree and prints:
 
   ratio: ours / straightforward queries/s at the largest N
+  coverage: ours with the predicted NSO (vote_scores(coverage=True)) / ours without, at the largest N
   roofline: our queries/s / (measured matmul FLOP/s / (2*M*M*D*P) FLOP per query)
 
 A roofline above 1 means doing less work than the plain product of every query with its P candidates
@@ -107,6 +108,12 @@ def run(num_images: int, prefilter: int, k: int, radius: float, straightforward_
     votes = voting.vote_scores(store, store, cand, tau, True, shared=True)
     ours = num_images / (time.perf_counter() - start)
     blocks = len(voting._blocks(cand, shared=True).a)
+    # The same with the predicted NSO (vop.nso): enclosure and concentration from the same blocks.
+    start = time.perf_counter()
+    with_coverage, _, _ = voting.vote_scores(store, store, cand, tau, True, shared=True, coverage=True)
+    coverage = num_images / (time.perf_counter() - start)
+    if not np.array_equal(with_coverage, votes):
+        sys.exit("votes differ with coverage")
 
     # The straightforward implementation on a subset of the queries (it is slow), same candidates.
     queries = ids[:: max(1, num_images // straightforward_queries)]
@@ -118,7 +125,7 @@ def run(num_images: int, prefilter: int, k: int, radius: float, straightforward_
     best = np.take_along_axis(cand, retrieval.rank_rows(votes, k), 1)
     agree = all(list(best[q]) == dbs for q, dbs, _ in want)
     max_diff = max(float(np.max(np.abs(np.sort(votes[q])[::-1][:k] - np.array(v)))) for q, _, v in want)
-    return dict(num_images=num_images, ours=ours, straightforward=straightforward, agree=agree,
+    return dict(num_images=num_images, ours=ours, coverage=coverage, straightforward=straightforward, agree=agree,
                 checked=len(queries), max_diff=max_diff, blocks=blocks,
                 hits=float((votes > 0).mean()))
 
@@ -184,12 +191,14 @@ def main(argv=None) -> None:
     result = None
     for n in args.sizes:
         result = run(n, args.prefilter, args.k, args.radius, args.straightforward_queries)
-        print(f"N={n}: ours {result['ours']:.1f} queries/s, straightforward {result['straightforward']:.1f} "
+        print(f"N={n}: ours {result['ours']:.1f} queries/s ({result['coverage']:.1f} with coverage), "
+              f"straightforward {result['straightforward']:.1f} "
               f"queries/s ({result['checked']} queries), top-{args.k} agree: {result['agree']}, "
               f"max |score diff| {result['max_diff']:.1e}, {result['blocks']} blocks for {n * args.prefilter} "
               f"query-candidate pairs, {100 * result['hits']:.0f}% of candidates voted for")
     print(f"ratio: {result['ours'] / result['straightforward']:.2f}")
     print(f"roofline: {result['ours'] / bound:.2f}")
+    print(f"coverage: {result['coverage'] / result['ours']:.2f}")
     if not result["agree"]:
         sys.exit("top-k differ between the implementations")
 

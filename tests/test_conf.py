@@ -111,7 +111,8 @@ def test_from_dict_names_the_key_and_suggests_the_fix():
     with pytest.raises(ConfigError) as info:
         conf.method_conf({"type": "vop", "k": 5, "encoder": "e", "prefiltr": 20}, "methods.vop")
     assert str(info.value).splitlines()[0] == "methods.vop.prefiltr: unknown key; did you mean 'prefilter'?"
-    assert str(info.value).splitlines()[1].startswith("  allowed here: type, k, ivf_min_images, ivf_nprobe, encoder")
+    allowed = "  allowed here: type, k, ivf_min_images, ivf_nprobe, nso_chance, encoder"
+    assert str(info.value).splitlines()[1].startswith(allowed)
     assert info.value.path == ("methods", "vop", "prefiltr")
     with pytest.raises(ConfigError, match=r"^methods\.vop\.prefilter: missing; this key is required\n"
                                           r"  methods\.vop has: type, k, encoder$"):

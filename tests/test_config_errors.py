@@ -138,7 +138,7 @@ def test_missing_required_key(config):
 def test_key_of_another_method_type(config):
     config["methods"]["cls"]["prefilter"] = 20
     assert _first(config) == ("methods.cls.prefilter: not allowed here (only with type: vop); "
-                              "allowed here: type, k, ivf_min_images, ivf_nprobe")
+                              "allowed here: type, k, ivf_min_images, ivf_nprobe, nso_chance")
     del config["methods"]["cls"]["prefilter"]
     config["methods"]["cls"]["prefiltr"] = 20
     assert _first(config) == "methods.cls.prefiltr: unknown key; did you mean 'prefilter'? (only with type: vop)"

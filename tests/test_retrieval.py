@@ -293,11 +293,18 @@ def test_run_method_writes_contract_files(tmp_path):
     assert info["tau"] == pytest.approx(1 - info["radius"]) and info["prefilter"] == 3
     assert info["mode"] == "register" and info["num_queries"] == 5
     lines = (tmp_path / "out" / "scores.csv").read_text().splitlines()
-    assert lines[0] == "query,db,rank,score,prefilter_score" and len(lines) == 11
+    assert lines[0] == "query,db,rank,score,prefilter_score,enclosure,concentration" and len(lines) == 11
     # The independent check recomputes the same pairs from the files alone.
     (tmp_path / "embeddings-e.h5").symlink_to(tmp_path / "emb.h5")
     equal, message = reference.check_method_dir(tmp_path / "out")
-    assert equal, message
+    assert equal and "10 predicted NSO equal" in message, message
+    # a predicted NSO the range search does not give is found out
+    scores = (tmp_path / "out" / "scores.csv").read_text().splitlines()
+    row = scores[1].split(",")
+    row[-1] = f"{1.0 - float(row[-1]):.6g}"  # a concentration of c becomes 1 - c
+    (tmp_path / "out" / "scores.csv").write_text("\n".join([scores[0], ",".join(row), *scores[2:]]) + "\n")
+    equal, message = reference.check_method_dir(tmp_path / "out")
+    assert not equal and "predicted NSO differs" in message
 
 
 def test_run_method_retrieve_mode(tmp_path):

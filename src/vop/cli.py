@@ -175,13 +175,16 @@ def _ground_truth(p):
                    help="the scene's local_features.h5: posed images without 3D points triangulate their tracks")
     p.add_argument("--threads", type=int, default=-1, help="triangulation threads (default: all cores)")
     add_conf_flags(p, confs.TriangulationConf)
+    add_conf_flags(p, confs.NsoConf)  # --geometry, --stride, --depth-tol: the ground-truth NSO (vop.nso)
 
     def run(args):
         from vop.ground_truth import write_scene_ground_truth
 
         gt = write_scene_ground_truth(_open_scene(args), args.out, args.local_features,
-                                      conf_from_args(confs.TriangulationConf, args), num_threads=args.threads)
-        print(f"{args.out}: {len(gt.names)} images, overlap: {gt.overlap_source or 'none'}")
+                                      conf_from_args(confs.TriangulationConf, args), num_threads=args.threads,
+                                      nso=conf_from_args(confs.NsoConf, args))
+        print(f"{args.out}: {len(gt.names)} images, overlap: {gt.overlap_source or 'none'}, "
+              f"nso: {gt.nso_source or 'none'}")
     return run
 
 
@@ -432,6 +435,37 @@ def _plots(p):
     return run
 
 
+def _overlap(p):
+    p.add_argument("--type", choices=["vop", "cls"], required=True,
+                   help="vop: the NSO its retrieval wrote into scores.csv; cls: the baseline from --features")
+    p.add_argument("--scores", type=Path, required=True, help="scores.csv of one run")
+    p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5 (its nso: the truth)")
+    p.add_argument("--features", type=Path, help="cls: the scene's features-{backbone}.h5")
+    p.add_argument("--out", type=Path, required=True, help="overlap.csv to write")
+    add_conf_flags(p, confs.NsoChanceConf)
+
+    def run(args):
+        from vop.nso import write_overlap
+
+        info = write_overlap(args.type, args.scores, args.gt, args.out, args.features,
+                             chance=conf_from_args(confs.NsoChanceConf, args).nso_chance)
+        print(f"{args.out}: {info}")
+    return run
+
+
+def _nso_table(p):
+    p.add_argument("--run", dest="runs", nargs=3, action="append", required=True,
+                   metavar=("METHOD", "SCENE", "OVERLAP_CSV"), help="one run's overlap.csv (repeat)")
+    p.add_argument("--out", type=Path, required=True, help="nso.csv to write")
+
+    def run(args):
+        from vop.nso import nso_table
+
+        rows = nso_table([{"method": m, "scene": s, "overlap_csv": c} for m, s, c in args.runs], args.out)
+        print(f"{args.out}: {len(rows)} rows")
+    return run
+
+
 def _match_pairs(p):
     p.add_argument("--pairs", type=Path, required=True, help="pairs.txt of one run")
     p.add_argument("--scores", type=Path, required=True, help="its scores.csv")
@@ -515,6 +549,7 @@ def _readme_tables(p):
         _, tables = render(args.markdown.read_text(encoding="utf-8"), args.markdown.parent, str(args.markdown))
         for source, table in tables:
             print(f"{source}:\n{table}")
+    return run
 
 
 def _install_profile(p):
@@ -552,6 +587,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "export-colmap": (_export_colmap, "a COLMAP database.db of chosen pairs, ready for `colmap mapper`"),
     "table": (_table, "auc.csv: pose AUC, matches, inliers, recall and mAP per method and scene"),
     "plots": (_plots, "pose-error and recall curves, the retrieval grid, summary.html"),
+    "overlap": (_overlap, "overlap.csv: predicted NSO both ways and relative scale of a run's pairs, with the truth"),
+    "nso-table": (_nso_table, "nso.csv: the box-embeddings protocol (RMSE, L1, Acc) per method and scene"),
     "match-pairs": (_match_pairs, "MIRorR's match_pairs.txt (i j score, self pair first) of one run"),
     "protocol-table": (_protocol_table, "vpr.csv (recall@N), revisitop.csv (mAP E/M/H) or gl3d.csv (mAP@K)"),
     "check": (_check, "recompute every vop retrieval the straightforward way and compare"),

@@ -186,6 +186,17 @@ class TriangulationConf(Conf):
     min_points: int = 100  # fewer points: the overlap falls back to the pose-only estimate
 
 
+@dataclass(frozen=True, kw_only=True)
+class NsoConf(Conf):
+    """`nso`: the ground-truth normalized surface overlap of every ordered pair, in gt.h5 (vop.nso): from
+    depth (every `stride`-th pixel warped, `depth_tol` relative), from tracks, or none; auto: depth where the
+    source has it (its depth maps become inputs of the ground truth), else tracks where the scene has them."""
+
+    geometry: Literal["auto", "depth", "tracks", "none"] = "auto"
+    stride: int = 4
+    depth_tol: float = 0.05
+
+
 # ---------------------------------------------------------------------------------------------------
 # Features, encoders, training
 
@@ -262,7 +273,16 @@ class PrefilterIndexConf(Conf):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClsConf(PrefilterIndexConf, MethodConf):
+class NsoChanceConf(Conf):
+    """The patch threshold of the predicted NSO (vop.nso): a patch has a partner in another image above the
+    cosine at which a patch of an unrelated image finds one among its patches with probability `nso_chance`
+    (estimated from patches of different images; None: the voting radius's threshold)."""
+
+    nso_chance: float | None = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClsConf(NsoChanceConf, PrefilterIndexConf, MethodConf):
     """Top-k by cosine of the global descriptors (faiss: exact below ivf_min_images, IVF above)."""
 
     needs: ClassVar[str | None] = "features"
@@ -270,7 +290,7 @@ class ClsConf(PrefilterIndexConf, MethodConf):
 
 
 @dataclass(frozen=True, kw_only=True)
-class VopConf(PrefilterIndexConf, MethodConf):
+class VopConf(NsoChanceConf, PrefilterIndexConf, MethodConf):
     """Top-`prefilter` by global descriptor, then patch voting (radius search + TF-IDF), top-k by votes."""
 
     needs: ClassVar[str | None] = "embeddings"
@@ -413,13 +433,13 @@ class SfmConf(Conf):
 # Top-level config blocks that are one conf each.
 STAGE_CONFS: dict[str, type[Conf]] = {"labels": LabelsConf, "local_features": LocalFeaturesConf,
                                       "matching": MatchingConf, "pose": PoseConf, "metrics": MetricsConf,
-                                      "triangulation": TriangulationConf,
+                                      "triangulation": TriangulationConf, "nso": NsoConf,
                                       "software": SoftwareConf, "sfm": SfmConf}
 
 __all__ = [
     "BackboneConf", "ClsConf", "Conf", "ConfigError", "DatasetConf", "EncoderConf", "ExhaustiveConf", "LabelsConf",
-    "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "OracleConf", "PoseConf",
-    "RandomConf", "STAGE_CONFS", "SequentialConf", "SfmConf", "SoftwareConf", "SyntheticConf", "TrainConf",
-    "TriangulationConf", "VerifyConf", "VopConf",
+    "LocalFeaturesConf", "METHOD_CONFS", "MatchingConf", "MethodConf", "MetricsConf", "NsoChanceConf", "NsoConf",
+    "OracleConf", "PoseConf", "RandomConf", "STAGE_CONFS", "SequentialConf", "SfmConf", "SoftwareConf",
+    "SyntheticConf", "TrainConf", "TriangulationConf", "VerifyConf", "VopConf",
     "method_conf",
 ]

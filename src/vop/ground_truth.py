@@ -23,7 +23,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from vop.conf import TriangulationConf
+from vop.conf import NsoConf, TriangulationConf
 from vop.datasets import SceneReader
 from vop.geometry import covisibility_overlap, pose_overlap
 from vop.io import GroundTruth, check_image_name, write_gt
@@ -89,10 +89,20 @@ def scene_ground_truth(reader: SceneReader, local_features: str | Path | None = 
     return gt
 
 
+def with_nso(gt: GroundTruth, reader: SceneReader | None, conf: NsoConf = NsoConf()) -> GroundTruth:
+    """`gt` with its normalized surface overlap of every ordered pair (vop.nso), where depth or tracks allow."""
+    from vop.nso import ground_truth_nso
+
+    nso, source = ground_truth_nso(gt, reader, conf.geometry, conf.stride, conf.depth_tol)
+    return dataclasses.replace(gt, nso=nso, nso_source=source)
+
+
 def write_scene_ground_truth(reader: SceneReader, out_h5: str | Path, local_features: str | Path | None = None,
-                             conf: TriangulationConf = TriangulationConf(), num_threads: int = -1) -> GroundTruth:
+                             conf: TriangulationConf = TriangulationConf(), num_threads: int = -1,
+                             nso: NsoConf = NsoConf()) -> GroundTruth:
     """Write gt.h5 of one scene (atomically) and return it."""
-    gt = scene_ground_truth(reader, local_features, conf, num_threads)
+    gt = with_nso(scene_ground_truth(reader, local_features, conf, num_threads), reader, nso)
     write_gt(out_h5, gt)
-    logger.info("%s: %d images, overlap: %s", out_h5, len(gt.names), gt.overlap_source or "none")
+    logger.info("%s: %d images, overlap: %s, nso: %s", out_h5, len(gt.names), gt.overlap_source or "none",
+                gt.nso_source or "none")
     return gt

@@ -138,6 +138,9 @@ class GroundTruth:
     tracks: Tracks | None = None  # the 3D points' observations the overlap came from, where it did
     overlap_source: str | None = None  # a key of OVERLAP_SOURCES (None: "none" without overlap)
     overlap_info: dict = field(default_factory=dict)  # how, in figures (triangulation: points, errors, ...)
+    # (N,N) float32 normalized surface overlap, nso[x, y] = the share of x's surface seen in y (vop.nso)
+    nso: np.ndarray | None = None
+    nso_source: str | None = None  # a key of vop.nso.NSO_SOURCES
 
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
@@ -162,10 +165,11 @@ class GroundTruth:
         return GroundTruth(names, self.K[k], self.T_w2cam[k], self.image_size[k],
                            None if self.overlap is None else self.overlap[np.ix_(k, k)], relevance=relevance,
                            views={n: v for n, v in self.views.items() if n in set(names)}, tracks=tracks,
-                           overlap_source=self.overlap_source, overlap_info=dict(self.overlap_info))
+                           overlap_source=self.overlap_source, overlap_info=dict(self.overlap_info),
+                           nso=None if self.nso is None else self.nso[np.ix_(k, k)], nso_source=self.nso_source)
 
 
-RESERVED_GT_KEYS = ("names", "overlap", "relevance")  # root entries of gt.h5 besides the image groups
+RESERVED_GT_KEYS = ("names", "overlap", "relevance", "nso")  # root entries of gt.h5 besides the image groups
 
 
 def write_gt(path: str | Path, gt: GroundTruth) -> None:
@@ -182,6 +186,9 @@ def write_gt(path: str | Path, gt: GroundTruth) -> None:
         f.attrs["overlap_info"] = json.dumps(gt.overlap_info, sort_keys=True)
         if gt.overlap is not None:
             f.create_dataset("overlap", data=np.asarray(gt.overlap, np.float32))
+        if gt.nso is not None:
+            f.create_dataset("nso", data=np.asarray(gt.nso, np.float32))
+            f.attrs["nso_source"] = gt.nso_source or "depth"
         if gt.relevance is not None:
             r = f.create_group("relevance")  # a root group without image datasets: not an image name
             r.create_dataset("query", data=np.asarray(gt.relevance.query, np.int64))
@@ -215,6 +222,8 @@ def read_gt(path: str | Path, tracks: bool = False) -> GroundTruth:
         T = np.stack([f[n]["T_w2cam"][()] for n in names]) if names else np.zeros((0, 4, 4))
         size = np.stack([f[n]["image_size"][()] for n in names]) if names else np.zeros((0, 2))
         overlap = f["overlap"][()] if "overlap" in f else None
+        nso = f["nso"][()] if "nso" in f and isinstance(f["nso"], h5py.Dataset) else None
+        nso_source = str(f.attrs["nso_source"]) if nso is not None and "nso_source" in f.attrs else None
         found = None
         if tracks and names and all("point3D_ids" in f[n] for n in names):
             found = Tracks([f[n]["points2D"][()] for n in names], [f[n]["point3D_ids"][()] for n in names])
@@ -226,7 +235,7 @@ def read_gt(path: str | Path, tracks: bool = False) -> GroundTruth:
             relevance = Relevance(r["query"][()], r["db"][()], r["grade"][()])
         views = _read_views(f, names)
     return GroundTruth(names, K, T, size, overlap, relevance=relevance, views=views, tracks=found,
-                       overlap_source=source, overlap_info=info)
+                       overlap_source=source, overlap_info=info, nso=nso, nso_source=nso_source)
 
 
 def _read_views(f: h5py.File, names: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:

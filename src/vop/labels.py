@@ -57,6 +57,54 @@ NEGATIVE_EPS = 1e-6  # overlap at or below this counts as "no overlap"
 # Patch correspondences of one pair
 
 
+def lift_pixels(depth: np.ndarray, K: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels (u, v) (P,) int64 sampled every `stride` pixels (from stride // 2) with finite positive depth,
+    and their 3D points (3,P) float64 in the camera's frame (pixel centres lifted with K^-1: handles skew)."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"depth maps must be 2D (H,W), got shape {depth.shape}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    h, w = depth.shape
+    start = stride // 2
+    v, u = np.mgrid[start:h:stride, start:w:stride]
+    z = depth[v, u].astype(np.float64)
+    valid = np.isfinite(z) & (z > 0)
+    u, v, z = u[valid], v[valid], z[valid]
+    pix = np.stack([u + 0.5, v + 0.5, np.ones_like(z)])  # (3,P)
+    return u, v, np.linalg.solve(np.asarray(K, np.float64), pix) * z
+
+
+def warp_visible(points_a: np.ndarray, T_ab: np.ndarray, depth_b: np.ndarray,
+                 K_b: np.ndarray, depth_tol: float = LabelsConf.depth_tol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which of camera A's 3D points (3,P) image B sees: indices (V,) into them and where they land (x, y) in
+    B's pixels (continuous). A point counts where it lands in front of B and inside B and B's depth at the
+    landing pixel agrees with the transformed depth within `depth_tol` (relative); otherwise it is occluded
+    in B or B has no depth there. The one warp of the package: patch labels and ground-truth NSO use it."""
+    depth_b = np.asarray(depth_b)
+    if depth_b.ndim != 2:
+        raise ValueError(f"depth maps must be 2D (H,W), got shape {depth_b.shape}")
+    h_b, w_b = depth_b.shape
+    T_ab = np.asarray(T_ab, np.float64)
+    X_b = T_ab[:3, :3] @ points_a + T_ab[:3, 3:]
+    z_b = X_b[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        proj = np.asarray(K_b, np.float64) @ X_b
+        x_b, y_b = proj[0] / proj[2], proj[1] / proj[2]
+    keep = np.flatnonzero((z_b > 0) & (x_b >= 0) & (x_b < w_b) & (y_b >= 0) & (y_b < h_b))
+    z_b, x_b, y_b = z_b[keep], x_b[keep], y_b[keep]
+    col_b = np.minimum(x_b.astype(np.int64), w_b - 1)  # floor: non-negative here
+    row_b = np.minimum(y_b.astype(np.int64), h_b - 1)
+    seen = depth_b[row_b, col_b].astype(np.float64)
+    visible = np.abs(seen - z_b) <= depth_tol * z_b  # inf (no depth) compares False
+    return keep[visible], x_b[visible], y_b[visible]
+
+
+def relative_transform(T_w2cam_a: np.ndarray, T_w2cam_b: np.ndarray) -> np.ndarray:
+    """T_ab (4,4): camera A's frame to camera B's."""
+    return np.asarray(T_w2cam_b, np.float64) @ np.linalg.inv(np.asarray(T_w2cam_a, np.float64))
+
+
 def patch_correspondences(depth_a: np.ndarray, K_a: np.ndarray, T_w2cam_a: np.ndarray,
                           depth_b: np.ndarray, K_b: np.ndarray, T_w2cam_b: np.ndarray,
                           grid: int = GRID, stride: int = 1, depth_tol: float = LabelsConf.depth_tol) -> np.ndarray:
@@ -65,42 +113,18 @@ def patch_correspondences(depth_a: np.ndarray, K_a: np.ndarray, T_w2cam_a: np.nd
     Pixels of A are sampled every `stride` pixels in x and y (starting at stride // 2). A pixel counts where
     its depth is finite and positive, it lands in front of B and inside B, and B's depth at the landing
     pixel agrees with the transformed depth within `depth_tol` (relative); otherwise it is occluded in B
-    or B has no depth there, and it is dropped.
+    or B has no depth there, and it is dropped (`lift_pixels`, `warp_visible`).
     """
     depth_a = np.asarray(depth_a)
     depth_b = np.asarray(depth_b)
     if depth_a.ndim != 2 or depth_b.ndim != 2:
         raise ValueError(f"depth maps must be 2D (H,W), got shapes {depth_a.shape} and {depth_b.shape}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
     h_a, w_a = depth_a.shape
     h_b, w_b = depth_b.shape
     n = grid * grid
-
-    start = stride // 2
-    v, u = np.mgrid[start:h_a:stride, start:w_a:stride]
-    z = depth_a[v, u].astype(np.float64)
-    valid = np.isfinite(z) & (z > 0)
-    u, v, z = u[valid], v[valid], z[valid]
-
-    # Lift pixel centres with K_a^-1 (handles skew), then move A -> B in one 3x4 transform.
-    pix = np.stack([u + 0.5, v + 0.5, np.ones_like(z)])  # (3,P)
-    rays = np.linalg.solve(np.asarray(K_a, np.float64), pix)
-    T_ab = np.asarray(T_w2cam_b, np.float64) @ np.linalg.inv(np.asarray(T_w2cam_a, np.float64))
-    X_b = T_ab[:3, :3] @ (rays * z) + T_ab[:3, 3:]
-    z_b = X_b[2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        proj = np.asarray(K_b, np.float64) @ X_b
-        x_b, y_b = proj[0] / proj[2], proj[1] / proj[2]
-    keep = (z_b > 0) & (x_b >= 0) & (x_b < w_b) & (y_b >= 0) & (y_b < h_b)
-
-    u, v, z_b, x_b, y_b = u[keep], v[keep], z_b[keep], x_b[keep], y_b[keep]
-    col_b = np.minimum(x_b.astype(np.int64), w_b - 1)  # floor: non-negative here
-    row_b = np.minimum(y_b.astype(np.int64), h_b - 1)
-    seen = depth_b[row_b, col_b].astype(np.float64)
-    visible = np.abs(seen - z_b) <= depth_tol * z_b  # inf (no depth) compares False
-    u, v, x_b, y_b = u[visible], v[visible], x_b[visible], y_b[visible]
-
+    u, v, points = lift_pixels(depth_a, K_a, stride)
+    seen, x_b, y_b = warp_visible(points, relative_transform(T_w2cam_a, T_w2cam_b), depth_b, K_b, depth_tol)
+    u, v = u[seen], v[seen]
     patch_a = pixel_patches(u + 0.5, v + 0.5, w_a, h_a, grid)
     patch_b = pixel_patches(x_b, y_b, w_b, h_b, grid)
     return np.bincount(patch_a * n + patch_b, minlength=n * n).reshape(n, n)

@@ -47,6 +47,15 @@ def votes_one_query(query_patches: np.ndarray, candidate_patches: np.ndarray, ta
     return scores
 
 
+def coverage_one_pair(query_patches: np.ndarray, db_patches: np.ndarray, tau: float) -> tuple[float, float]:
+    """Predicted NSO of one pair (vop.nso) by range search: the share of the query's patches with a patch of the
+    database image above cosine tau, and the share of its patches found so."""
+    index = faiss.IndexFlatIP(db_patches.shape[1])
+    index.add(np.ascontiguousarray(_unit(db_patches)))
+    lims, _, ids = index.range_search(np.ascontiguousarray(_unit(query_patches)), tau)
+    return float(np.mean(np.diff(lims) > 0)), len(set(ids.tolist())) / len(db_patches)
+
+
 def prefilter(global_desc: np.ndarray, queries: np.ndarray, database: np.ndarray, num: int) -> list[np.ndarray]:
     """Per query, the `num` most similar database images by exact cosine (ties: lower index first)."""
     register = len(queries) == len(database) and bool(np.all(queries == database))
@@ -109,6 +118,25 @@ def check_method_dir(method_dir: Path) -> tuple[bool, str]:
                 for d in [*dbs, *cand[prefilter_size:k]]]
     written = io.read_pairs(method_dir / "pairs.txt")
     if expected == written:
-        return True, f"{method_dir}: {len(written)} pairs equal"
+        return _check_nso(method_dir, info, names, patches, f"{method_dir}: {len(written)} pairs equal")
     differ = sum(a != b for a, b in zip(expected, written)) + abs(len(expected) - len(written))
     return False, f"{method_dir}: {differ} of {len(expected)} pairs differ"
+
+
+def _check_nso(method_dir: Path, info: dict, names, patches: np.ndarray, message: str) -> tuple[bool, str]:
+    """The predicted NSO columns of scores.csv (where written) against `coverage_one_pair`, reranked pairs only."""
+    import csv
+
+    with open(method_dir / "scores.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("enclosure") not in (None, "", "nan")]
+    if not rows:
+        return True, message
+    index = {n: i for i, n in enumerate(names)}
+    tau = float(info.get("nso_tau", 1.0 - float(info["radius"])))
+    worst = 0.0
+    for r in rows:
+        want = coverage_one_pair(patches[index[r["query"]]], patches[index[r["db"]]], tau)
+        worst = max(worst, abs(want[0] - float(r["enclosure"])), abs(want[1] - float(r["concentration"])))
+    if worst <= 1.01 / patches.shape[1]:  # a cosine within float rounding of tau may fall either side: one patch
+        return True, f"{message}, {len(rows)} predicted NSO equal"
+    return False, f"{method_dir}: predicted NSO differs by up to {worst:.3g} from the range search's"

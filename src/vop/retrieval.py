@@ -44,7 +44,7 @@ from vop.conf import (
 from vop.datasets import split_queries
 from vop.prefilter import build_index, load_index, prefilter, save_index, search
 from vop.utils import l2_normalize
-from vop.voting import PatchStore, auto_radius, subset, vote_scores
+from vop.voting import PatchStore, auto_radius, chance_threshold, subset, vote_scores
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class Ranking:
     score: np.ndarray  # (num_queries, k)
     prefilter_score: np.ndarray  # (num_queries, k), nan where the method has no prefilter
     info: dict = field(default_factory=dict)
+    # vop: the predicted NSO of each pair from its votes' patches (vop.nso), nan past the reranked head
+    enclosure: np.ndarray | None = None  # (num_queries, k)
+    concentration: np.ndarray | None = None  # (num_queries, k)
 
 
 @dataclass
@@ -253,9 +256,12 @@ def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | n
     if tail.shape[1]:
         info["ranked_in_prefilter_order_after"] = num_candidates
     if register:
-        votes = vote_scores(patches, patches, cand, tau, conf.tfidf, shared=True, query_ids=queries)
+        votes, enclosure, concentration = vote_scores(patches, patches, cand, tau, conf.tfidf, shared=True,
+                                                      query_ids=queries, coverage=True,
+                                                      coverage_tau=info.get("nso_tau"))
     else:
-        votes = vote_scores(subset(patches, queries), subset(patches, database), cand, tau, conf.tfidf)
+        votes, enclosure, concentration = vote_scores(subset(patches, queries), subset(patches, database), cand,
+                                                      tau, conf.tfidf, coverage=True, coverage_tau=info.get("nso_tau"))
     # Ties, and queries whose candidates got no vote at all, fall back to prefilter order (the slot order).
     best = rank_rows(votes, min(k, num_candidates))
     no_votes = int((votes <= 0).all(axis=1).sum())
@@ -266,7 +272,9 @@ def retrieve_vop(conf: VopConf, global_desc: np.ndarray, patches: PatchStore | n
     db = np.concatenate([np.take_along_axis(cand, best, 1), tail], axis=1)
     score = np.concatenate([np.take_along_axis(votes, best, 1), np.full(tail.shape, np.nan)], axis=1)
     pre = np.concatenate([np.take_along_axis(pre_sim, best, 1), tail_sim], axis=1)
-    return Ranking(queries, database[db], score, pre, info)
+    enc, con = (np.concatenate([np.take_along_axis(x, best, 1), np.full(tail.shape, np.nan)], axis=1)
+                for x in (enclosure, concentration))
+    return Ranking(queries, database[db], score, pre, info, enc, con)
 
 
 def vop_radius(conf: VopConf, patches: PatchStore, database: np.ndarray) -> tuple[float, dict]:
@@ -277,6 +285,8 @@ def vop_radius(conf: VopConf, patches: PatchStore, database: np.ndarray) -> tupl
     radius = float(radius)
     if not 0 < radius <= 1:
         raise ValueError(f"vop: radius {radius} is outside (0, 1]: patches vote when their cosine exceeds 1 - radius")
+    if conf.nso_chance is not None:  # the predicted NSO's partner threshold (vop.nso), at least the voting one
+        info["nso_tau"] = max(1.0 - radius, chance_threshold(subset(patches, database), conf.nso_chance, conf.seed))
     return radius, info
 
 
@@ -308,16 +318,25 @@ def _self_rows(queries, database, register):
     return np.searchsorted(database, queries) if register else None
 
 
+SCORES_COLUMNS = ["query", "db", "rank", "score", "prefilter_score"]
+NSO_COLUMNS = ["enclosure", "concentration"]  # scores.csv of a vop method: its predicted NSO (vop.nso)
+
+
 def write_outputs(ranking: Ranking, names: Sequence[str], out_dir: str | Path, params: dict) -> None:
-    """pairs.txt, scores.csv and retrieval.json in `out_dir`; query order as in `names`."""
+    """pairs.txt, scores.csv and retrieval.json in `out_dir`; query order as in `names`. A ranking with the
+    predicted NSO of its pairs (vop) adds the columns enclosure and concentration to scores.csv."""
     out_dir = Path(out_dir)
     pairs, rows = [], []
-    for q, db, score, pre in zip(ranking.queries, ranking.db, ranking.score, ranking.prefilter_score):
+    nso = ranking.enclosure is not None
+    for i, (q, db, score, pre) in enumerate(zip(ranking.queries, ranking.db, ranking.score, ranking.prefilter_score)):
         for rank, (d, s, p) in enumerate(zip(db, score, pre)):
             pairs.append((names[q], names[d]))
-            rows.append((names[q], names[d], rank, f"{float(s):.6g}", f"{float(p):.6g}"))
+            row = (names[q], names[d], rank, f"{float(s):.6g}", f"{float(p):.6g}")
+            if nso:
+                row += (f"{float(ranking.enclosure[i, rank]):.6g}", f"{float(ranking.concentration[i, rank]):.6g}")
+            rows.append(row)
     io.write_pairs(out_dir / "pairs.txt", pairs)
-    io.write_csv(out_dir / "scores.csv", ["query", "db", "rank", "score", "prefilter_score"], rows)
+    io.write_csv(out_dir / "scores.csv", SCORES_COLUMNS + NSO_COLUMNS * nso, rows)
     io.write_json(out_dir / "retrieval.json", {**params, **ranking.info, "num_images": len(names),
                                                "num_queries": len(ranking.queries)})
 
@@ -507,9 +526,10 @@ def load_scene_index(index_path: str | Path, info_path: str | Path, device: str 
 
 def save_shard(ranking: Ranking, path: str | Path) -> None:
     """One shard's rows of a ranking (npz) and its info."""
+    nso = {} if ranking.enclosure is None else {"enclosure": ranking.enclosure, "concentration": ranking.concentration}
     with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, queries=ranking.queries, db=ranking.db, score=ranking.score,
-                 prefilter_score=ranking.prefilter_score, info=json.dumps(ranking.info, sort_keys=True))
+                 prefilter_score=ranking.prefilter_score, info=json.dumps(ranking.info, sort_keys=True), **nso)
 
 
 def merge_shards(paths: Sequence[str | Path]) -> Ranking:
@@ -522,8 +542,10 @@ def merge_shards(paths: Sequence[str | Path]) -> Ranking:
     info = dict(infos[0])
     if "queries_without_votes" in info:  # the only count that adds up over shards
         info["queries_without_votes"] = sum(i["queries_without_votes"] for i in infos)
+    nso = [np.concatenate([p[key] for p in parts]) if all(key in p for p in parts) else None
+           for key in NSO_COLUMNS]
     return Ranking(*(np.concatenate([p[key] for p in parts]) for key in ("queries", "db", "score",
-                                                                          "prefilter_score")), info)
+                                                                          "prefilter_score")), info, *nso)
 
 
 def run_method(conf: MethodConf, scene: str, gt_h5: str | Path, out_dir: str | Path,

@@ -105,6 +105,14 @@ def auto_radius(store: PatchStore, seed: int = 0, num_samples: int = PATCH_SAMPL
     Pairs are drawn from at most `max_images` images (a seeded subset of a larger scene). Returns
     (radius, median); the radius is kept in [0.1, 1.0] so that tau = 1 - radius stays below 1.
     """
+    median = float(np.median(_random_pair_cosines(store, seed, num_samples, max_images)[0]))
+    radius = float(np.clip(np.round(median, 1), 0.1, 1.0))
+    return radius, median
+
+
+def _random_pair_cosines(store: PatchStore, seed: int, num_samples: int, max_images: int) -> tuple[np.ndarray, int]:
+    """Cosines of `num_samples` random patch pairs from different images (of at most `max_images` images, a
+    seeded subset of a larger scene), and the number of patches per image."""
     rng = np.random.default_rng(seed)
     ids = np.arange(store.num_images)
     if len(ids) > max_images:
@@ -115,9 +123,20 @@ def auto_radius(store: PatchStore, seed: int = 0, num_samples: int = PATCH_SAMPL
     b = (a + rng.integers(1, n, num_samples)) % n  # a different image
     pa = patches[a, rng.integers(0, m, num_samples)]
     pb = patches[b, rng.integers(0, m, num_samples)]
-    median = float(np.median(np.sum(pa * pb, axis=1)))
-    radius = float(np.clip(np.round(median, 1), 0.1, 1.0))
-    return radius, median
+    return np.sum(pa * pb, axis=1), m
+
+
+def chance_threshold(store: PatchStore, chance: float, seed: int = 0, num_samples: int = 2 * PATCH_SAMPLES_FOR_RADIUS,
+                     max_images: int = IMAGES_FOR_RADIUS) -> float:
+    """The cosine above which a patch finds a partner among the M patches of an unrelated image with
+    probability `chance`: the (1 - p) quantile of the cosines of random patch pairs of different images, with
+    1 - (1 - p)^M = chance. The predicted NSO's threshold (vop.nso): a fixed radius saturates it, since
+    nearly every patch has some neighbour within a voting radius among 256."""
+    if not 0 < chance < 1:
+        raise ValueError(f"nso_chance {chance} is outside (0, 1)")
+    cosines, m = _random_pair_cosines(store, seed, num_samples, max_images)
+    p = 1.0 - (1.0 - chance) ** (1.0 / m)
+    return float(np.quantile(cosines, 1.0 - p))
 
 
 @dataclass
@@ -164,7 +183,7 @@ def _blocks(candidates: np.ndarray, shared: bool, query_ids: np.ndarray | None =
 
 def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau: float, tfidf: bool = True,
                 shared: bool = False, blocks_per_batch: int | None = None,
-                query_ids: np.ndarray | None = None) -> np.ndarray:
+                query_ids: np.ndarray | None = None, coverage: bool = False, coverage_tau: float | None = None):
     """VOP votes (num_queries, P) of every query (a left image) for its P candidates (right images).
 
     With s(p,r) the cosine of query patch p and candidate patch r,
@@ -173,6 +192,12 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     n_p = candidate patches within the radius of p, m_p = candidates holding at least one, n_d = M.
     `shared` (register mode, left is right): the block of (a,b) also gives b's votes for a; the queries are
     the store's images `query_ids` (default: all, in order), e.g. one shard of a scene's queries.
+
+    With `coverage`, returns (votes, enclosure, concentration), each (num_queries, P): the share of the
+    query's patches with at least one candidate patch within the radius, and the share of the candidate's
+    patches within the radius of some query patch (vop.nso: predicted NSO both ways). `coverage_tau` (at
+    least tau; default tau) is the cosine a partner must exceed there. Both come from the blocks the votes
+    are computed from (reductions of the same thresholded similarities).
     """
     if shared and left is not right:
         raise ValueError("shared blocks need the same store on both sides (register mode)")
@@ -185,7 +210,8 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     if len(used) < right.num_images:
         compact = subset(right, used)
         return vote_scores(compact if shared else left, compact, np.searchsorted(used, candidates), tau, tfidf,
-                           shared, blocks_per_batch, np.searchsorted(used, query_ids) if shared else None)
+                           shared, blocks_per_batch, np.searchsorted(used, query_ids) if shared else None,
+                           coverage, coverage_tau)
     num_queries, num_cand = candidates.shape
     dev = left.device
     if blocks_per_batch is None:
@@ -194,6 +220,10 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
     # Per (query, slot, query patch): summed similarity within the radius and number of hits.
     sums = torch.zeros(num_queries, num_cand, num_patches)
     hits = torch.zeros(num_queries, num_cand, num_patches)
+    # Per (query, slot): how many of the query's patches reach the candidate, and of the candidate's are
+    # reached (coverage only).
+    covered = torch.zeros(num_queries, num_cand, 2) if coverage else None
+    coverage_tau = tau if coverage_tau is None else max(float(coverage_tau), tau)
 
     blocks = _blocks(candidates, shared, query_ids)
     a_chunk, b_chunk = blocks.a // left.chunk_size, blocks.b // right.chunk_size
@@ -211,7 +241,7 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
             left_chunk, right_chunk = left.chunk(ca), right.chunk(cb)
             tile = VoteTile(left_chunk, right_chunk, blocks.a[sel] - ca * left.chunk_size,
                             blocks.b[sel] - cb * right.chunk_size, blocks.row_ab[sel], blocks.slot_ab[sel],
-                            blocks.row_ba[sel], blocks.slot_ba[sel], tau, sums, hits)
+                            blocks.row_ba[sel], blocks.slot_ba[sel], tau, sums, hits, covered, coverage_tau)
             jobs = [(pool.submit(tile.vote, starts, counts), int(counts.sum()))
                     for starts, counts in _batches(tile.a_local, blocks_per_batch)]
             for job, num_blocks in jobs:
@@ -226,7 +256,12 @@ def vote_scores(left: PatchStore, right: PatchStore, candidates: np.ndarray, tau
         weight = torch.where(m_p > 0, n_p / num_patches * idf, torch.zeros_like(n_p))
     else:
         weight = torch.ones(num_queries, num_patches)
-    return torch.einsum("qcp,qp->qc", sums, weight).numpy()
+    votes = torch.einsum("qcp,qp->qc", sums, weight).numpy()
+    if not coverage:
+        return votes
+    enclosure = covered[..., 0] / num_patches
+    concentration = covered[..., 1] / right.chunk(0).shape[1]
+    return votes, enclosure.numpy(), concentration.numpy()
 
 
 def _batches(a_local: np.ndarray, blocks_per_batch: int):
@@ -264,6 +299,8 @@ class VoteTile:
     tau: float
     sums: torch.Tensor
     hits: torch.Tensor
+    covered: torch.Tensor | None = None  # (num_queries, P, 2): patches reached, query's and candidate's
+    coverage_tau: float = 1.0  # the cosine a partner exceeds there (>= tau)
 
     def vote(self, starts: np.ndarray, counts: np.ndarray) -> None:
         """One matrix product for L left images against their (at most W) right partners, then the votes."""
@@ -281,16 +318,26 @@ class VoteTile:
         for_right = valid & (self.slot_ba[pos] >= 0)  # the right image is a query with the left one as candidate
         left_sums = sim.sum(2)  # (L, W, M_left): per left patch, summed similarity within the radius
         right_sums = sim.sum(3) if for_right.any() else None  # (L, W, M_right)
+        reached = None
+        if self.covered is not None:  # (L, W, 2): left patches with a partner above coverage_tau, right ones
+            # each patch's best partner (sim is 0 at and below tau <= coverage_tau); amax is ~10x faster than
+            # reducing a boolean copy of the block (benchmarks/retrieval.py, "coverage")
+            ctau = self.coverage_tau
+            reached = torch.stack([(sim.amax(2) > ctau).sum(-1), (sim.amax(3) > ctau).sum(-1)], -1).float()
         sim.clamp_(max=HIT)
         left_hits = sim.sum(2) / HIT
         right_hits = sim.sum(3) / HIT if for_right.any() else None
-        for need, query, slot, sum_, hit in ((for_left, self.row_ab, self.slot_ab, left_sums, left_hits),
-                                             (for_right, self.row_ba, self.slot_ba, right_sums, right_hits)):
+        directions = ((for_left, self.row_ab, self.slot_ab, left_sums, left_hits, False),
+                      (for_right, self.row_ba, self.slot_ba, right_sums, right_hits, True))
+        for need, query, slot, sum_, hit, flip in directions:
             if need.any():
                 mask = torch.from_numpy(need).to(dev)
                 rows, cols = torch.from_numpy(query[pos][need]), torch.from_numpy(slot[pos][need])
                 self.sums[rows, cols] = sum_[mask].cpu()
                 self.hits[rows, cols] = hit[mask].cpu()
+                if reached is not None:  # (query's patches, candidate's patches) of this direction
+                    got = reached[mask]
+                    self.covered[rows, cols] = (got.flip(-1) if flip else got).cpu()
 
 
 def subset(store: PatchStore, ids: np.ndarray) -> PatchStore:

@@ -72,7 +72,16 @@ def gt_inputs(wildcards):
     inputs = {"native": needed_files(wildcards.dataset, wildcards.scene, needs)}
     if needs.local_features:
         inputs["local_features"] = scene_file("local_features", wildcards)
+    if nso_reads_depth(wildcards.dataset):
+        inputs["depth"] = needed_files(wildcards.dataset, wildcards.scene,
+                                       DATASETS[wildcards.dataset].depth_needs(wildcards.scene))
     return inputs
+
+
+def nso_reads_depth(dataset):
+    """The ground-truth NSO (vop.nso) warps depth maps: `nso.geometry` depth, or auto on a source with depth."""
+    geometry = config["nso"].get("geometry", "auto")
+    return geometry == "depth" or (geometry == "auto" and DATASETS[dataset].has_depth)
 
 
 def gt_triangulation(wildcards):
@@ -390,3 +399,29 @@ def sfm_runs(dataset):
 def sweep_methods(dataset):
     """Every method of the table but exhaustive, which has no depth to cut."""
     return [m for m in sfm_methods(dataset) if METHODS[m]["type"] != "exhaustive"]
+
+
+# Overlap both ways round (overlap.smk, vop.nso)
+
+NSO_METHOD_TYPES = ("vop", "cls")
+
+
+def nso_methods(dataset):
+    """The dataset's methods that predict NSO (vop: its votes; cls: the baseline from the same patches)."""
+    return [m for m in DATASETS[dataset].conf.methods if METHODS[m]["type"] in NSO_METHOD_TYPES]
+
+
+def nso_datasets():
+    return datasets_where(lambda ds: ds.has_poses and ds.protocol == "auc" and nso_methods(ds.name))
+
+
+def overlap_inputs(wildcards):
+    inputs = {"scores": scene_file("retrieve", wildcards, output="scores", method=wildcards.method),
+              "gt": scene_file("ground_truth", wildcards)}
+    if METHODS[wildcards.method]["type"] == "cls":  # the baseline votes with the backbone's patches
+        inputs.update(method_files(wildcards))
+    return inputs
+
+
+def nso_runs(dataset):
+    return [{"method": m, "scene": s} for m in nso_methods(dataset) for s in DATASETS[dataset].scenes]

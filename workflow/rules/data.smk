@@ -80,6 +80,7 @@ rule ground_truth:
     params:
         reader=reader_args,
         triangulation=gt_triangulation,
+        nso=canonical(config["nso"]),
     threads: lambda wc: 2 if gt_triangulation(wc) is not None else 1
     resources:
         mem_mb=mem_mb(2000),
