@@ -50,7 +50,7 @@ def test_valid_config_gets_the_same_defaults_as_snakemake(config):
     assert ours["methods"]["vop"]["chunk_images"] == 4096
     assert ours["datasets"]["demo"]["synthetic"]["textures"] == "eval"
     assert ours["datasets"]["mary_rose"]["model"] == "sparse" and "model" not in ours["datasets"]["demo"]
-    assert ours["backbones"]["dense_sift"]["weights"] is None
+    assert ours["backbones"]["dense_sift"]["weights"] == "auto"  # (a backbone without weights ignores it)
     assert "ivf_min_images" not in ours["methods"]["vop"]  # ...but, as snakemake, none behind a $ref
 
 
