@@ -83,6 +83,9 @@ def test_a_shard_job_asks_for_what_it_holds(tmp_path):
     vop = {"type": "vop", "k": 5, "encoder": "e", "prefilter": 50, "chunk_images": 2000}
     expected = globals_bytes + 2 * 2000 * 256 * 128 * 4 + 2 * 500 * 50 * 256 * 4
     assert job_memory_mb(features, plan_path, vop) == -(-expected // mb)
+    with pytest.raises(FileNotFoundError) as missing:  # a dry run: Snakemake shows it as <TBD> for this file
+        job_memory_mb(tmp_path / "none.h5", plan_path, {"type": "cls", "k": 5})
+    assert missing.value.filename == str(tmp_path / "none.h5")
     # the scene's index job samples 1000 images' patches for vop's radius
     assert job_memory_mb(features, plan_path, None) == -(-(globals_bytes + 2 * 1000 * 256 * 128 * 4) // mb)
 

@@ -14,6 +14,7 @@ truth's order) and of its queries (in the order of vop.datasets.split_queries). 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from collections.abc import Sequence
@@ -64,6 +65,8 @@ def job_memory_mb(descriptors_h5: str | Path, plan_path: str | Path, conf=None) 
 
     (N images, G-d global descriptors, M patches of D dims); `conf` None is the scene_index job, which also
     samples patches for vop's radius."""
+    if not Path(descriptors_h5).is_file():  # not made yet: a dry run, where Snakemake shows the memory as <TBD>
+        raise FileNotFoundError(errno.ENOENT, "no descriptors yet", str(descriptors_h5))
     plan = read_plan(plan_path)
     num, per_job = plan["num_images"], plan["images_per_job"]
     with h5py.File(descriptors_h5, "r") as f:
