@@ -128,7 +128,7 @@ def test_wrong_type(config):
 def test_missing_required_key(config):
     del config["methods"]["cls"]["k"]
     lines = str(_error(config)).splitlines()
-    assert lines[0] == "methods.cls.k: missing; this key is required"
+    assert lines[0] == "methods.cls.k: missing; required with type: cls"  # (exhaustive's k is implied)
     assert lines[1] == "  methods.cls has: type"
     config["methods"]["cls"]["k"] = 5
     del config["methods"]["vop"]["encoder"]

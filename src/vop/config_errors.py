@@ -228,7 +228,7 @@ class _Explainer:
         schema_path = list(error.absolute_schema_path)
         if error.validator in _UNKNOWN_KEYS:
             return self._unknown_keys(error, path)
-        if self._vacuous(schema_path, error.instance):
+        if self._vacuous(schema_path, path):
             return []  # from a branch that applies only because the key its `if` tests is missing
         is_name = "propertyNames" in schema_path
         if is_name:
@@ -260,13 +260,23 @@ class _Explainer:
             message = message.replace(repr(error.instance), "the name", 1)
         return [_Problem(path, f"{where}: {message}", 5 if kind in ("allOf", "not", "if", "dependentSchemas") else 1)]
 
-    def _vacuous(self, schema_path: list, instance) -> bool:
-        """Whether the error comes straight from a then-branch whose `if` tests a key `instance` lacks."""
-        if len(schema_path) < 2 or schema_path[-2] != "then" or not isinstance(instance, dict):
+    def _vacuous(self, schema_path: list, path: tuple) -> bool:
+        """Whether the error comes from within a then-branch whose `if` tests a key that the object the branch
+        applies to lacks (a branch's complaint about a value of its own keys included)."""
+        if "then" not in schema_path:
             return False
-        parent = self.schema.at(schema_path[:-2])
+        branch = len(schema_path) - 1 - schema_path[::-1].index("then")
+        parent = self.schema.at(schema_path[:branch])
         tested = _tested_key(parent.get("if")) if isinstance(parent, dict) else None
-        return tested is not None and tested not in instance
+        if tested is None:
+            return False
+        # each step into a key or an item below the branch is one element of the error's path
+        depth = sum(step in ("properties", "patternProperties", "items", "additionalProperties")
+                    for step in schema_path[branch + 1:-1])
+        target = self.config
+        for key in path[:len(path) - depth]:
+            target = target[key] if isinstance(target, (dict, list)) else None
+        return isinstance(target, dict) and tested not in target
 
     def _branch_condition(self, schema_path: list) -> str | None:
         if "then" not in schema_path:
