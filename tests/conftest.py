@@ -13,3 +13,19 @@ def tiny_run(tmp_path_factory):
     write_config(workdir, TINY_CONFIG)
     snakemake(workdir, "results/tiny/auc.csv")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def walk(tmp_path_factory):
+    """A rendered 10-image walk (tests/walk_scene.py) with its gt.h5 and SIFT features (`local.h5`), shared by
+    the triangulation, reconstruction and SfM tests (each writes under its own subfolder of it)."""
+    from walk_scene import render_walk
+
+    from vop.io import write_gt
+    from vop.local_features import extract_local_features
+
+    out = tmp_path_factory.mktemp("walk")
+    scene = render_walk(out, seed=5, num_images=10)
+    write_gt(out / "gt.h5", scene.gt)
+    extract_local_features(scene.image_dir, scene.gt.names, out / "local.h5", num_workers=2)
+    return scene, out

@@ -93,31 +93,30 @@ def test_load_backbone_dense_sift_interface(images):
         backbone(torch.rand(1, 3, 100, 100))
 
 
-def test_dinov2_without_weights_says_how_to_get_them(monkeypatch, tmp_path):
+@pytest.fixture
+def empty_caches(monkeypatch, tmp_path):
+    """No DINOv2 weights in the Hugging Face or torch.hub caches, also on machines that have them cached; the
+    Hugging Face loader must not reach for the network."""
     def not_cached(*args, **kwargs):
         assert kwargs.get("local_files_only"), "must not reach for the network"
         raise OSError("not in the cache")
 
-    # Empty caches, also on machines that have the real weights cached.
     monkeypatch.setattr(Dinov2Model, "from_pretrained", not_cached)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+
+def test_dinov2_without_weights_says_how_to_get_them(empty_caches, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dinov2_vits14_pretrain\.pth.*backbones\.dinov2_vits14\.weights"):
         load_dinov2(NAME)
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_dinov2(NAME, tmp_path / "missing.pth")
 
 
-def test_dinov2_auto_weights_download_into_the_hub_cache_once(monkeypatch, tmp_path):
+def test_dinov2_auto_weights_download_into_the_hub_cache_once(empty_caches, monkeypatch, tmp_path):
     from test_download import ArchiveServer
 
     from vop.backbones import dinov2
 
-    def not_cached(*args, **kwargs):
-        assert kwargs.get("local_files_only"), "must not reach for the network"
-        raise OSError("not in the cache")
-
-    monkeypatch.setattr(Dinov2Model, "from_pretrained", not_cached)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     reference = tiny_backbone(seed=3)
     torch.save(hf_to_fb_state_dict(reference.model.state_dict()), tmp_path / "official.pth")
     with ArchiveServer() as server:

@@ -1,18 +1,8 @@
 import pycolmap
 import pytest
-from walk_scene import render_walk
 
 from vop.colmap_database import read_counts
-from vop.local_features import extract_local_features
 from vop.reconstruction import exhaustive_pairs, reconstruct, sequential_pairs
-
-
-@pytest.fixture(scope="module")
-def walk(tmp_path_factory):
-    out = tmp_path_factory.mktemp("walk")
-    scene = render_walk(out, seed=5, num_images=10)
-    extract_local_features(scene.image_dir, scene.gt.names, out / "local.h5", num_workers=2)
-    return scene, out
 
 
 def test_exhaustive_pairs_register_every_image_at_the_true_poses(walk):

@@ -4,14 +4,13 @@ import numpy as np
 import pandas as pd
 import pycolmap
 import pytest
-from walk_scene import render_walk
 
 from vop.cli import main
 from vop.colmap_database import read_counts
 from vop.colmap_database import read_matches as read_db_matches
 from vop.conf import ExhaustiveConf, MatchingConf, SequentialConf, SfmConf
-from vop.io import read_pairs, write_gt, write_pairs
-from vop.local_features import extract_local_features, read_local_features
+from vop.io import read_pairs, write_pairs
+from vop.local_features import read_local_features
 from vop.match_store import read_matches, stored_pairs, update_store
 from vop.retrieval import Ranking, retrieve_exhaustive, retrieve_sequential, run_method
 from vop.sfm import (
@@ -26,14 +25,6 @@ from vop.sfm import (
 
 CONF = SfmConf(sweep=(1, 2, 4))
 
-
-@pytest.fixture(scope="module")
-def walk(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sfm")
-    scene = render_walk(out, seed=5, num_images=10)
-    write_gt(out / "gt.h5", scene.gt)
-    extract_local_features(scene.image_dir, scene.gt.names, out / "local.h5", num_workers=2)
-    return scene, out
 
 
 def test_exhaustive_ranks_every_other_image_and_refuses_large_scenes():

@@ -2,7 +2,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from walk_scene import render_walk
 
 from vop.colmap_database import read_counts
 from vop.datasets import colmap
@@ -25,13 +24,6 @@ def top_k_agreement(reference: np.ndarray, estimate: np.ndarray, k: int = 3) -> 
             shares.append(len(set(best) & set(np.argsort(-est, kind="stable")[:k])) / len(best))
     return float(np.mean(shares))
 
-
-@pytest.fixture(scope="module")
-def walk(tmp_path_factory):
-    out = tmp_path_factory.mktemp("walk")
-    scene = render_walk(out, seed=5, num_images=10)
-    extract_local_features(scene.image_dir, scene.gt.names, out / "local.h5", num_workers=2)
-    return scene, out
 
 
 def test_triangulated_overlap_agrees_with_the_true_tracks(walk):

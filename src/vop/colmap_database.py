@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from vop.io import atomic_path, write_pairs
+from vop.io import atomic_path, check_pair_names, write_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +137,7 @@ class DatabaseStats:
 def _check_pair(pair: Pair, index: Mapping[str, int], num_keypoints: Sequence[int], m: np.ndarray,
                 where: str) -> np.ndarray:
     a, b = pair
-    for name in (a, b):
-        if name not in index:
-            raise KeyError(f"{where}: pair ({a}, {b}): image {name!r} is not among the database's names; "
-                           "the pairs are from another scene or stale")
+    check_pair_names([pair], index, f"{where}: the database's names")
     if a == b:
         raise ValueError(f"{where}: pair ({a}, {b}) matches an image with itself; drop it from the pairs")
     m = np.asarray(m)

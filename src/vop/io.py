@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,6 +170,17 @@ class GroundTruth:
 
 
 RESERVED_GT_KEYS = ("names", "overlap", "relevance", "nso")  # root entries of gt.h5 besides the image groups
+def check_pair_names(pairs: Iterable[tuple[str, str]], index: Container[str], where: str | Path,
+                     error: type[Exception] = KeyError) -> None:
+    """Fail, naming the pair, the image and the fix, when a pair names an image that is not in `index`
+    (`where`: the file or the images the names should come from)."""
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in index:
+                raise error(f"pair ({a}, {b}): image {name!r} is not in {where}; the pairs are from another "
+                            "scene or stale: rerun their retrieval rule")
+
+
 
 
 def write_gt(path: str | Path, gt: GroundTruth) -> None:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from vop.conf import MetricsConf
 from vop.datasets import split_queries
-from vop.io import OVERLAP_SOURCES, POSE_COLUMNS, GroundTruth, read_gt, read_pairs, write_csv
+from vop.io import OVERLAP_SOURCES, POSE_COLUMNS, GroundTruth, check_pair_names, read_gt, read_pairs, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +113,8 @@ def _ranked_hits(pairs: Sequence[tuple[str, str]], gt: GroundTruth, tau: float,
     if gt.overlap is None:
         raise ValueError(f"{gt_path} has no overlap matrix, so retrieval recall is undefined for it")
     index = gt.index()
+    check_pair_names(pairs, index, gt_path, ValueError)
     retrieved = retrieved_per_query(pairs)
-    for query, dbs in retrieved.items():
-        for name in (query, *dbs):
-            if name not in index:
-                raise ValueError(f"image {name!r} of the retrieved pairs is not in {gt_path}; "
-                                 "the pairs file is from another scene or stale: rerun its retrieval rule")
     relevant = np.asarray(gt.overlap) >= tau
     np.fill_diagonal(relevant, False)
     if database is not None:

@@ -27,7 +27,7 @@ from vop.conf import MatchingConf, PoseConf
 from vop.estimates import estimate_key, read_estimates, write_estimates
 from vop.estimation import ESTIMATORS, estimate_relative_pose_sweep
 from vop.geometry import relative_pose_error
-from vop.io import POSE_COLUMNS, GroundTruth, read_gt, write_csv
+from vop.io import POSE_COLUMNS, GroundTruth, check_pair_names, read_gt, write_csv
 from vop.local_features import read_local_features
 from vop.match_store import Pair, canonical_pair, feature_digest, read_matches, scene_lock, unique_pairs
 from vop.matching import match_pairs
@@ -40,11 +40,7 @@ MAX_CHUNK_PAIRS = 32  # pairs a worker gets at once (a few seconds of work at mo
 
 def _check_pairs(pairs: Sequence[tuple[str, str]], gt: GroundTruth, gt_path: str | Path) -> dict[str, int]:
     index = gt.index()
-    for query, db in pairs:
-        for name in (query, db):
-            if name not in index:
-                raise ValueError(f"pair ({query}, {db}): image {name!r} is not in {gt_path}; "
-                                 "the pairs file is from another scene or stale: rerun its retrieval rule")
+    check_pair_names(pairs, index, gt_path, ValueError)
     return index
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pycolmap
 
 from vop.colmap_database import Pair, quiet_colmap, require_pycolmap4, verification_options, verify, write_database
-from vop.io import GroundTruth, list_h5_names, replace_dir
+from vop.io import GroundTruth, check_pair_names, list_h5_names, replace_dir
 from vop.local_features import read_local_features
 from vop.triangulation import match_pairs
 
@@ -136,11 +136,7 @@ def reconstruct(pairs: Sequence[Pair], local_features_h5: str | Path, out_dir: s
     names = list(names)
     index = {n: i for i, n in enumerate(names)}
     pairs = [tuple(p) for p in pairs]
-    for a, b in pairs:
-        for name in (a, b):
-            if name not in index:
-                raise KeyError(f"pair ({a}, {b}): image {name!r} is not in the scene's {len(names)} images; the "
-                               "pairs are from another scene or stale: rerun their retrieval rule")
+    check_pair_names(pairs, index, f"the scene's {len(names)} images")
     features = features if features is not None else read_local_features(local_features_h5, names)
     known = known_intrinsics and gt is not None
     if known:

@@ -39,7 +39,7 @@ from vop.colmap_database import (
     write_database,
 )
 from vop.geometry import covisibility_overlap, pose_overlap, sampson_error_px
-from vop.io import GroundTruth, Tracks
+from vop.io import GroundTruth, Tracks, check_pair_names
 from vop.local_features import read_local_features
 from vop.matching import match_descriptors
 
@@ -228,11 +228,7 @@ def triangulate(gt: GroundTruth, local_features_h5: str | Path, pairs: Sequence[
     work_dir.mkdir(parents=True, exist_ok=True)
     index = gt.index()
     pairs = [tuple(p) for p in pairs]
-    for a, b in pairs:
-        for name in (a, b):
-            if name not in index:
-                raise KeyError(f"pair ({a}, {b}): image {name!r} is not in the ground truth; the pairs are "
-                               "from another scene or stale")
+    check_pair_names(pairs, index, "the ground truth")
     features = read_local_features(local_features_h5, gt.names)
     _check_image_sizes(features, gt, local_features_h5)
     keypoints = {n: f["keypoints"] for n, f in features.items()}
