@@ -209,27 +209,39 @@ def test_workflow_writes_overlap_and_the_nso_table(tiny_run):
             known = overlap.concentration > 0
             np.testing.assert_allclose(overlap.relative_scale[known], np.sqrt(
                 overlap.enclosure / overlap.concentration * area[q] / area[d])[known], rtol=1e-4)
-            # the table's row is the protocol over these pairs
-            row = table[(table.method == method) & (table.scene == scene)].iloc[0]
-            want = nso.nso_errors(overlap.enclosure, overlap.concentration, overlap.true_enclosure,
-                                  overlap.true_concentration)
-            assert row.pairs == want["pairs"] == len(overlap)
-            assert row.rmse == pytest.approx(want["rmse"], abs=1e-4) and row.acc == pytest.approx(want["acc"], abs=1e-3)
-        # cls: the baseline thresholds the raw backbone patches by vop's rule (the chance of a partner)
-        cls = pd.read_csv(tiny_run / f"results/tiny/{scene}/cls/overlap.csv").iloc[0]
-        features = tiny_run / f"results/tiny/{scene}/features-dense_sift.h5"
-        with h5py.File(features) as f:
-            a, b = (unit(f[name]["patch_descriptors"][()].astype(np.float32)) for name in (cls["query"], cls["db"]))
+            # the table's rows are the protocol over these pairs: the method's own prediction and, for vop,
+            # the backbone's patches on the same pairs
+            rows = table[(table.method == method) & (table.scene == scene)].set_index("predictor")
+            assert sorted(rows.index) == (["patches", "votes"] if method == "vop" else ["patches"])
+            if method == "cls":  # its own prediction is the baseline
+                np.testing.assert_array_equal(overlap[["enclosure", "concentration"]],
+                                              overlap[["baseline_enclosure", "baseline_concentration"]])
+            for predictor in rows.index:
+                enc, con = nso.PREDICTOR_COLUMNS[predictor]
+                want = nso.nso_errors(overlap[enc], overlap[con], overlap.true_enclosure, overlap.true_concentration)
+                row = rows.loc[predictor]
+                assert row.pairs == want["pairs"] == len(overlap)
+                assert row.rmse == pytest.approx(want["rmse"], abs=1e-4)
+                assert row.acc == pytest.approx(want["acc"], abs=1e-3)
+        # the baseline thresholds the raw backbone patches by vop's rule (the chance of a partner): cls's
+        # prediction, and the baseline columns of vop's pairs
         from vop.conf import ClsConf
         from vop.voting import PatchStore, auto_radius, chance_threshold
 
+        features = tiny_run / f"results/tiny/{scene}/features-dense_sift.h5"
         store = PatchStore.from_h5(features, gt.names)
         tau = max(1 - auto_radius(store)[0], chance_threshold(store, ClsConf.nso_chance))
-        sim = a @ b.T > tau
-        assert cls.enclosure == pytest.approx(sim.any(1).mean(), abs=1e-6)
-        assert cls.concentration == pytest.approx(sim.any(0).mean(), abs=1e-6)
-    pooled = table[table.scene == "ALL"].set_index("method")
-    per_scene = table[table.scene != "ALL"].groupby("method").pairs.sum()
+        for method, columns in (("cls", ("enclosure", "concentration")),
+                                ("vop", ("baseline_enclosure", "baseline_concentration"))):
+            pair = pd.read_csv(tiny_run / f"results/tiny/{scene}/{method}/overlap.csv").iloc[-1]
+            with h5py.File(features) as f:
+                a, b = (unit(f[name]["patch_descriptors"][()].astype(np.float32)) for name in (pair["query"],
+                                                                                               pair["db"]))
+            sim = a @ b.T > tau
+            assert pair[columns[0]] == pytest.approx(sim.any(1).mean(), abs=1e-6)
+            assert pair[columns[1]] == pytest.approx(sim.any(0).mean(), abs=1e-6)
+    pooled = table[table.scene == "ALL"].set_index(["method", "predictor"])
+    per_scene = table[table.scene != "ALL"].groupby(["method", "predictor"]).pairs.sum()
     assert (pooled.pairs == per_scene[pooled.index]).all()
 
 
@@ -297,8 +309,9 @@ def test_cli_overlap_and_nso_table_from_a_vop_ranking(tmp_path):
     assert vop_main(["nso-table", "--run", "vop", "s", str(tmp_path / "overlap.csv"), "--out",
                      str(tmp_path / "nso.csv")]) == 0
     table = pd.read_csv(tmp_path / "nso.csv")
-    # e1 = (0.05, -0.15, 0), e2 = (-0.15, 0.05, 0)
+    # e1 = (0.05, -0.15, 0), e2 = (-0.15, 0.05, 0); no --features: no baseline, the votes' rows only
     assert table.scene.tolist() == ["s", "ALL"] and table.pairs.tolist() == [3, 3]
+    assert table.predictor.tolist() == ["votes", "votes"] and got.baseline_enclosure.isna().all()
     assert table.rmse[0] == pytest.approx(np.sqrt(2 * (0.05**2 + 0.15**2) / 3), abs=1e-4)
     assert table.l1[0] == pytest.approx(2 * 0.2 / 3, abs=1e-4)
     assert table.acc[0] == pytest.approx(100 * 4 / 6, abs=1e-3)

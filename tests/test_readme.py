@@ -88,4 +88,14 @@ def test_the_readme_marks_every_result_table():
                           text, re.M)
     assert measured and all((REPO / script).is_file() for script, _ in measured)
     result_tables = re.findall(r"^[ \t]*\| method \|.*$", text, re.M)
-    assert result_tables and all(line in marked or line in dict(measured).values() for line in result_tables)
+    headers = {header for _, header in measured}
+    assert result_tables and all(line in marked or line.lstrip() in headers for line in result_tables)
+
+
+def test_nso_tables_print_errors_with_three_decimals_and_counts_as_they_are(tmp_path):
+    table = tmp_path / "nso.csv"
+    table.write_text("method,predictor,scene,pairs,rmse,l1,acc,pairs_scale_2x\n"
+                     "vop,votes,ALL,360,0.55204,0.5679,38.0556,68\nvop,patches,ALL,360,0.5660,0.58111,35.9722,68\n")
+    assert markdown_table(table, ["predictor", "pairs", "rmse", "l1", "acc", "pairs_scale_2x"]) == (
+        "| method | predictor | pairs | rmse | l1 | acc | pairs_scale_2x |\n|---|---|---|---|---|---|---|\n"
+        "| vop | votes | 360 | 0.552 | 0.568 | 38.1 | 68 |\n| vop | patches | 360 | 0.566 | 0.581 | 36.0 | 68 |\n")

@@ -440,7 +440,8 @@ def _overlap(p):
                    help="vop: the NSO its retrieval wrote into scores.csv; cls: the baseline from --features")
     p.add_argument("--scores", type=Path, required=True, help="scores.csv of one run")
     p.add_argument("--gt", type=Path, required=True, help="the scene's gt.h5 (its nso: the truth)")
-    p.add_argument("--features", type=Path, help="cls: the scene's features-{backbone}.h5")
+    p.add_argument("--features", type=Path, help="the scene's features-{backbone}.h5: cls's NSO, and for vop the "
+                   "baseline's on the same pairs")
     p.add_argument("--out", type=Path, required=True, help="overlap.csv to write")
     add_conf_flags(p, confs.NsoChanceConf)
 

@@ -34,6 +34,11 @@ patch of an *unrelated* image finds a chance partner among an image's M patches 
 (vop.voting.chance_threshold), and never less than the voting threshold. It needs no ground truth, and the
 same rule holds for any embedding, so the cls baseline (raw backbone patches) is thresholded the same way.
 
+Like for like: every method is scored on its own retrieved pairs, and methods retrieve different pairs (on
+the demo, cls's are easier: more of vop's share no surface at all). So a vop method's overlap.csv also holds
+the baseline's NSO of its own pairs (`baseline_*`), and nso.csv scores both predictors on them (`predictor`
+votes and patches): the trained head against no head, on the same pairs (benchmarks/nso_predictors.py).
+
 Relative scale (the paper's eq. 6): s = sqrt(enclosure / concentration * A_q / A_d), with A the image areas
 in pixels: the shared surface covers enclosure * A_q pixels of the query and concentration * A_d of the
 database image, so s is how much larger (linearly) the query shows it. Local features are then extracted
@@ -188,8 +193,12 @@ def nso_errors(pred_enclosure, pred_concentration, true_enclosure, true_concentr
 # overlap.csv of one method, nso.csv of a dataset
 
 OVERLAP_COLUMNS = ["query", "db", "enclosure", "concentration", "relative_scale", "true_enclosure",
-                   "true_concentration", "true_relative_scale"]
-NSO_TABLE_COLUMNS = ["method", "scene", "pairs", "rmse", "l1", "acc", "pairs_scale_2x"]
+                   "true_concentration", "true_relative_scale", "baseline_enclosure", "baseline_concentration"]
+NSO_TABLE_COLUMNS = ["method", "predictor", "scene", "pairs", "rmse", "l1", "acc", "pairs_scale_2x"]
+# nso.csv's predictors: the method's own (vop: its votes, the trained head's patches; cls: the backbone's
+# patches) and, for vop, the backbone's patches on the same pairs (the baseline_* columns of overlap.csv).
+PREDICTOR_COLUMNS = {"votes": ("enclosure", "concentration"),
+                     "patches": ("baseline_enclosure", "baseline_concentration")}
 LARGE_SCALE_CHANGE = 2.0  # pairs whose true relative scale is >= 2 or <= 1/2
 
 
@@ -213,9 +222,10 @@ def baseline_nso(features_h5, names: Sequence[str], queries: np.ndarray, db: np.
 
 
 def overlap_rows(gt: GroundTruth, queries: np.ndarray, db: np.ndarray, enclosure: np.ndarray,
-                 concentration: np.ndarray) -> list[tuple]:
-    """Rows of overlap.csv: per retrieved pair the predicted NSO both ways, its relative scale and, where gt.h5
-    has `nso`, the true ones (empty cells where it has none)."""
+                 concentration: np.ndarray, baseline: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple]:
+    """Rows of overlap.csv: per retrieved pair the predicted NSO both ways, its relative scale, where gt.h5
+    has `nso` the true ones and, where given, the baseline's (enclosure, concentration) of the same pair
+    (empty cells where there is none)."""
     sizes = np.asarray(gt.image_size, np.float64)
     area = sizes[:, 0] * sizes[:, 1]
     q = np.repeat(np.asarray(queries, np.int64), db.shape[1])
@@ -228,18 +238,23 @@ def overlap_rows(gt: GroundTruth, queries: np.ndarray, db: np.ndarray, enclosure
     else:
         true_enc = true_con = true_scale = np.full(len(q), np.nan)
 
+    base_enc, base_con = (np.full(len(q), np.nan),) * 2 if baseline is None else (
+        np.asarray(part, np.float64).ravel() for part in baseline)
+
     def cell(x):
         return "" if not np.isfinite(x) else f"{float(x):.6g}"
 
-    return [(gt.names[a], gt.names[b], cell(e), cell(c), cell(s), cell(te), cell(tc), cell(ts))
-            for a, b, e, c, s, te, tc, ts in zip(q, d, enc, con, scale, true_enc, true_con, true_scale)]
+    return [(gt.names[a], gt.names[b], *map(cell, values))
+            for a, b, *values in zip(q, d, enc, con, scale, true_enc, true_con, true_scale, base_enc, base_con)]
 
 
 def write_overlap(method_type: str, scores_csv, gt_h5, out_csv, features_h5=None, device: str | None = None,
                   chance: float | None = 0.1) -> dict:
     """overlap.csv of one method on one scene: a vop method's NSO from its votes (the columns enclosure and
-    concentration of its scores.csv), cls's from the backbone's patches (`baseline_nso`). Returns what was
-    done (for the log)."""
+    concentration of its scores.csv), cls's from the backbone's patches (`baseline_nso`). The baseline columns
+    hold the backbone's patches' NSO of the same pairs (`features_h5`; for cls its own prediction), so that the
+    trained head is compared with no head on the same pairs: methods retrieve different pairs, and some pairs
+    are harder than others. Returns what was done (for the log)."""
     import csv
 
     from vop.io import read_gt, write_csv
@@ -260,16 +275,19 @@ def write_overlap(method_type: str, scores_csv, gt_h5, out_csv, features_h5=None
         table = np.array([[values[(gt.names[q], r)] for r in range(ranking.db.shape[1])] for q in ranking.queries],
                          np.float64).reshape(*ranking.db.shape, 2)
         enclosure, concentration = table[..., 0], table[..., 1]
-    elif method_type == "cls":
-        if features_h5 is None:
-            raise ValueError("overlap: the cls baseline needs the scene's features (features-{backbone}.h5)")
-        enclosure, concentration, more = baseline_nso(features_h5, gt.names, ranking.queries, ranking.db, chance,
-                                                      device=device)
-        info.update(more)
-    else:
+    elif method_type != "cls":
         raise ValueError(f"overlap: method type {method_type!r} predicts no NSO; only vop (its votes) and cls (the "
                          "backbone's patches) do")
-    write_csv(out_csv, OVERLAP_COLUMNS, overlap_rows(gt, ranking.queries, ranking.db, enclosure, concentration))
+    elif features_h5 is None:
+        raise ValueError("overlap: the cls baseline needs the scene's features (features-{backbone}.h5)")
+    baseline = None
+    if features_h5 is not None:
+        *baseline, more = baseline_nso(features_h5, gt.names, ranking.queries, ranking.db, chance, device=device)
+        info.update(more)
+    if method_type == "cls":
+        enclosure, concentration = baseline
+    write_csv(out_csv, OVERLAP_COLUMNS, overlap_rows(gt, ranking.queries, ranking.db, enclosure, concentration,
+                                                     baseline))
     info["nso_source"] = gt.nso_source or "none"
     return info
 
@@ -287,19 +305,22 @@ def _read_overlap(path) -> dict[str, np.ndarray]:
             for c in OVERLAP_COLUMNS[2:]}
 
 
-def _table_row(method: str, scene: str, parts: list[dict[str, np.ndarray]], tol: float) -> list:
+def _table_row(method: str, predictor: str, scene: str, parts: list[dict[str, np.ndarray]], tol: float) -> list:
     cols = {c: np.concatenate([p[c] for p in parts]) for c in OVERLAP_COLUMNS[2:]}
-    errors = nso_errors(cols["enclosure"], cols["concentration"], cols["true_enclosure"], cols["true_concentration"],
-                        tol)
+    enclosure, concentration = (cols[c] for c in PREDICTOR_COLUMNS[predictor])
+    errors = nso_errors(enclosure, concentration, cols["true_enclosure"], cols["true_concentration"], tol)
     ts = cols["true_relative_scale"]
     large = int(np.sum(np.isfinite(ts) & ((ts >= LARGE_SCALE_CHANGE) | (ts <= 1 / LARGE_SCALE_CHANGE))))
-    return [method, scene, errors["pairs"], *(f"{errors[k]:.4f}" for k in ("rmse", "l1", "acc")), large]
+    return [method, predictor, scene, errors["pairs"], *(f"{errors[k]:.4f}" for k in ("rmse", "l1", "acc")), large]
 
 
 def nso_table(runs: Sequence[dict], out_csv, accuracy_tol: float = 0.1) -> list[list]:
-    """nso.csv: the box-embeddings protocol (`nso_errors`) per (method, scene) over its retrieved ordered pairs
-    with ground truth, then the method's ALL row (every scene's pairs pooled). `runs`: dicts with method,
-    scene and overlap_csv. `pairs_scale_2x`: pairs whose true relative scale is 2x or more either way."""
+    """nso.csv: the box-embeddings protocol (`nso_errors`) per (method, predictor, scene) over the method's
+    retrieved ordered pairs with ground truth, then its ALL rows (every scene's pairs pooled). `runs`: dicts
+    with method, scene and overlap_csv. Predictor `votes`: the method's own NSO (for cls, the backbone's
+    patches); `patches`: the backbone's patches on the same pairs, for methods whose overlap.csv has the
+    baseline (vop; the like-for-like comparison). `pairs_scale_2x`: pairs whose true relative scale is 2x or
+    more either way."""
     from vop.io import write_csv
 
     rows, by_method = [], {}
@@ -307,10 +328,15 @@ def nso_table(runs: Sequence[dict], out_csv, accuracy_tol: float = 0.1) -> list[
         part = _read_overlap(run["overlap_csv"])
         by_method.setdefault(run["method"], []).append((run["scene"], part))
     for method, scenes in by_method.items():
-        for scene, part in scenes:
-            if scene == "ALL":
-                raise ValueError(f"nso_table: a scene may not be called 'ALL' (method {method!r})")
-            rows.append(_table_row(method, scene, [part], accuracy_tol))
-        rows.append(_table_row(method, "ALL", [part for _, part in scenes], accuracy_tol))
+        if any(scene == "ALL" for scene, _ in scenes):
+            raise ValueError(f"nso_table: a scene may not be called 'ALL' (method {method!r})")
+        same = all(np.array_equal(p["enclosure"], p["baseline_enclosure"], equal_nan=True) and
+                   np.array_equal(p["concentration"], p["baseline_concentration"], equal_nan=True) for _, p in scenes)
+        with_baseline = all(np.isfinite(p["baseline_enclosure"]).all() for _, p in scenes)
+        # cls's own prediction is the patches: one row set, named for what it is
+        predictors = ["patches"] if same else ["votes", "patches"] if with_baseline else ["votes"]
+        for predictor in predictors:
+            rows += [_table_row(method, predictor, scene, [part], accuracy_tol) for scene, part in scenes]
+            rows.append(_table_row(method, predictor, "ALL", [part for _, part in scenes], accuracy_tol))
     write_csv(out_csv, NSO_TABLE_COLUMNS, rows)
     return rows

@@ -10,7 +10,7 @@ A table in a markdown file is marked by the table it shows, the run that made it
 
 `vop readme-tables README.md` prints each marked table from its auc.csv (paths relative to the markdown
 file's folder), `--update` writes them into the file, `--check` fails when the file's tables differ.
-Numbers are rounded to one decimal (counts as they are); rows keep the csv's method order.
+Numbers are rounded to one decimal (counts as they are, NSO errors to three); rows keep the csv's method order.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ def _options(text: str, where: str) -> dict[str, str]:
     return options
 
 
-COUNTS = ("k", "num_queries")  # printed as they are; every other number with one decimal
+COUNTS = ("k", "num_queries", "pairs", "pairs_scale_2x")  # printed as they are; every other number with one decimal
+FRACTIONS = ("rmse", "l1")  # errors of shares in [0, 1] (nso.csv): three decimals
 
 
 def _cell(column: str, text: str) -> str:
     if column in COUNTS:
         return text
     try:
-        return f"{float(text):.1f}"
+        return f"{float(text):.3f}" if column in FRACTIONS else f"{float(text):.1f}"
     except ValueError:
         return text  # "no ground truth", an empty cell
 

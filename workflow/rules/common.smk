@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from vop.conf import method_conf
 from vop.config_errors import exit_on_config_error
 from vop.datasets import PROTOCOLS
+from vop.nso import OVERLAP_COLUMNS
 from vop.workflow import load_datasets
 
 with exit_on_config_error():  # the message (key path and fix first), without a traceback
@@ -418,8 +419,8 @@ def nso_datasets():
 def overlap_inputs(wildcards):
     inputs = {"scores": scene_file("retrieve", wildcards, output="scores", method=wildcards.method),
               "gt": scene_file("ground_truth", wildcards)}
-    if METHODS[wildcards.method]["type"] == "cls":  # the baseline votes with the backbone's patches
-        inputs.update(method_files(wildcards))
+    # the baseline votes with the backbone's patches: cls's prediction, and vop's like-for-like comparison
+    inputs["features"] = scene_file("features", wildcards, backbone=backbone_of(wildcards.dataset))
     return inputs
 
 

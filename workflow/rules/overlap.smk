@@ -12,6 +12,8 @@ rule overlap:
         "results/{dataset}/{scene}/{method}/overlap.csv",
     params:
         method=lambda wc: canonical(METHODS[wc.method]),
+        # the file's columns: a new layout reruns the rule instead of leaving old files its readers refuse
+        columns=OVERLAP_COLUMNS,
     wildcard_constraints:
         method=alternatives([m for m in METHODS if METHODS[m]["type"] in NSO_METHOD_TYPES]),
     resources:
