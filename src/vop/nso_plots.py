@@ -30,22 +30,34 @@ def _read_runs(runs: Sequence[dict]) -> dict[str, pd.DataFrame]:
 
 
 def plot_nso_scatter(runs: Sequence[dict], out_png: str | Path, title: str = "") -> None:
-    """Rows: methods; columns: enclosure, concentration; predicted (y) against true (x) per retrieved pair."""
+    """Rows: methods; columns: enclosure, concentration; predicted (y) against true (x) per retrieved pair, and
+    where a method's own prediction is not the backbone's patches (vop), theirs on the same pairs beside it."""
     tables = _read_runs(runs)
     fig = Figure(figsize=(6.4, 2.9 * len(tables)))
     axes = fig.subplots(len(tables), 2, squeeze=False)
     for r, (method, t) in enumerate(tables.items()):
         errors = nso_errors(t.enclosure, t.concentration, t.true_enclosure, t.true_concentration)
+        heading = f"{method}: RMSE {errors['rmse']:.3f}, Acc {errors['acc']:.0f}% ({errors['pairs']} pairs)"
+        # the like-for-like baseline, where it is another prediction than the method's own
+        with_patches = t.baseline_enclosure.notna().all() and not (
+            t.baseline_enclosure.equals(t.enclosure) and t.baseline_concentration.equals(t.concentration))
+        if with_patches:
+            base = nso_errors(t.baseline_enclosure, t.baseline_concentration, t.true_enclosure, t.true_concentration)
+            heading += f"\npatches, same pairs: RMSE {base['rmse']:.3f}, Acc {base['acc']:.0f}%"
         for c, what in enumerate(("enclosure", "concentration")):
             ax = axes[r, c]
             ax.plot([0, 1], [0, 1], color="0.6", lw=0.8)
-            ax.scatter(t[f"true_{what}"], t[what], s=6, alpha=0.6)
+            if with_patches:
+                ax.scatter(t[f"true_{what}"], t[f"baseline_{what}"], s=5, alpha=0.5, color="tab:orange",
+                           label="backbone patches")
+            ax.scatter(t[f"true_{what}"], t[what], s=6, alpha=0.6, color="tab:blue", label=f"{method}")
+            if with_patches:
+                ax.legend(fontsize=6, loc="upper left")
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(f"true {what}", fontsize=8)
             ax.set_ylabel(f"predicted {what}", fontsize=8)
-            ax.set_title(f"{method}: RMSE {errors['rmse']:.3f}, Acc {errors['acc']:.0f}% ({errors['pairs']} pairs)",
-                         fontsize=8)
+            ax.set_title(heading, fontsize=7)
             ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
