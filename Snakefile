@@ -54,6 +54,7 @@ rule all:
         protocol_targets(DATASETS),
         expand(rules.nso_table.output[0], dataset=nso_datasets()),
         expand(rules.nso_plots.output, dataset=nso_datasets()),
+        expand(rules.scale_table.output[0], dataset=scale_datasets()),
         expand(rules.run_summary.output, dataset=datasets_where(lambda ds: ds.conf.methods)),
 
 
@@ -71,3 +72,4 @@ rule demo:
         protocol_targets(datasets_where(lambda ds: ds.reader.generated)),
         expand(rules.nso_table.output[0], dataset=[ds for ds in nso_datasets() if DATASETS[ds].reader.generated]),
         expand(rules.nso_plots.output, dataset=[ds for ds in nso_datasets() if DATASETS[ds].reader.generated]),
+        expand(rules.scale_table.output[0], dataset=[ds for ds in scale_datasets() if DATASETS[ds].reader.generated]),

@@ -122,7 +122,7 @@ def test_from_dict_names_the_key_and_suggests_the_fix():
         conf.method_conf({"type": "vopp", "k": 5}, "methods.x")
     pose = conf.PoseConf.from_dict({"threshold_px": [1, 2]})
     assert pose.thresholds == (1.0, 2.0) and conf.PoseConf.from_dict({"threshold_px": 1.5}).thresholds == (1.5,)
-    assert pose.to_dict() == {"estimator": "opencv", "threshold_px": [1, 2]}
+    assert pose.to_dict() == {"estimator": "opencv", "threshold_px": [1, 2], "scale_aware": False}
     train = conf.EncoderConf.from_dict({"type": "vop", "backbone": "dense_sift", "train": {"datasets": ["d"]}})
     assert isinstance(train.train, conf.TrainConf) and train.train.datasets == ("d",)
 

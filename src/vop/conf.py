@@ -393,6 +393,9 @@ class PoseConf(Conf):
 
     estimator: Literal["opencv", "poselib", "pycolmap"] = "opencv"
     threshold_px: float | tuple[float, ...] = (0.5, 1.5, 2.0, 3.0)
+    # vop and cls methods also get `{method}+scale` rows: their pairs matched with local features extracted at
+    # the predicted relative scale (vop.scale_aware), and results/{dataset}/scale.csv
+    scale_aware: bool = False
 
     @property
     def thresholds(self) -> tuple[float, ...]:

@@ -12,6 +12,10 @@ with the matching conf, fix the matches), both intrinsics, the matching conf and
 thresholds). The estimators are seeded, so an estimate is a function of these: copying it gives the very
 rows estimating would. Another method's poses.h5 is a cache, not an input; an entry whose key differs is
 never used.
+
+The pose of pose.scale_aware (vop.scale_aware) pairs feature variants, an image at a scale bucket: a pair of
+(name, bucket) keys. Its entry is the plain pair's where both buckets are 0 (the same features, so the same
+key: it copies the ordinary pose job's estimate), else the pair key with the buckets appended.
 """
 
 from __future__ import annotations
@@ -36,11 +40,31 @@ FORMAT = "vop-estimates/1"
 Estimate = tuple
 
 
+def _variant(key) -> tuple[str, int]:
+    """(image name, scale bucket) of a pair's side: an image name, or a (name, bucket) variant."""
+    return (key, 0) if isinstance(key, str) else (str(key[0]), int(key[1]))
+
+
+def _entry(pair) -> tuple[str, tuple]:
+    """The group name of a pair's estimate and the (name0, name1, bucket0, bucket1) it records."""
+    (name0, bucket0), (name1, bucket1) = _variant(pair[0]), _variant(pair[1])
+    group = names_to_pair(name0, name1)
+    if bucket0 or bucket1:
+        group += f"@{bucket0}-{bucket1}"
+    return group, (name0, name1, bucket0, bucket1)
+
+
+def _recorded(g: h5py.Group) -> tuple:
+    return (g.attrs.get("name0"), g.attrs.get("name1"), int(g.attrs.get("bucket0", 0)), int(g.attrs.get("bucket1", 0)))
+
+
 def estimate_key(digest0: str, digest1: str, K0: np.ndarray, K1: np.ndarray, matching: MatchingConf,
                  conf: PoseConf) -> str:
-    """Digest of everything an estimate depends on."""
+    """Digest of everything an estimate depends on (not scale_aware, which says which runs exist: the
+    ordinary and the scale-aware run share the keys of identical inputs, and turning it on keeps the cache)."""
+    estimation = {key: value for key, value in conf.to_dict().items() if key != "scale_aware"}
     h = hashlib.blake2b(digest_size=16)
-    for part in (FORMAT, digest0, digest1, repr(matching.to_dict()), repr(conf.to_dict()), repr(conf.thresholds)):
+    for part in (FORMAT, digest0, digest1, repr(matching.to_dict()), repr(estimation), repr(conf.thresholds)):
         h.update(part.encode())
         h.update(b"\0")
     for K in (K0, K1):
@@ -62,11 +86,11 @@ def read_estimates(paths: Sequence[str | Path], keys: Mapping[Pair, str]) -> tup
                     continue
                 count = 0
                 for pair in missing:
-                    name = names_to_pair(*pair)
+                    name, recorded = _entry(pair)
                     if name not in f:
                         continue
                     g = f[name]
-                    if g.attrs.get("key") != keys[pair] or (g.attrs.get("name0"), g.attrs.get("name1")) != pair:
+                    if g.attrs.get("key") != keys[pair] or _recorded(g) != recorded:
                         continue
                     R = g["R"][()] if "R" in g else None
                     t = g["t"][()] if "t" in g else None
@@ -83,9 +107,12 @@ def write_estimates(path: str | Path, estimates: Mapping[Pair, Estimate], keys: 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         for pair, (num_matches, R, t, num_inliers, threshold) in estimates.items():
-            g = f.require_group(names_to_pair(*pair))
-            g.attrs.update(name0=pair[0], name1=pair[1], key=keys[pair], num_matches=num_matches,
+            name, (name0, name1, bucket0, bucket1) = _entry(pair)
+            g = f.require_group(name)
+            g.attrs.update(name0=name0, name1=name1, key=keys[pair], num_matches=num_matches,
                            num_inliers=num_inliers, threshold=threshold)
+            if bucket0 or bucket1:
+                g.attrs.update(bucket0=bucket0, bucket1=bucket1)
             if R is not None:
                 g.create_dataset("R", data=np.asarray(R, np.float64))
                 g.create_dataset("t", data=np.asarray(t, np.float64))

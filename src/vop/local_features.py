@@ -4,11 +4,16 @@ Extractors (a registry, picked by `local_features.extractor`): OpenCV's SIFT or 
 RootSIFT optional, a keypoint budget and a resize. The h5 is laid out like hloc's local features, so
 hloc's tools read it: per image `keypoints` (N,2), `descriptors` (128,N) float16, `scores` (N,),
 `image_size` [w,h]. Keypoints follow hloc's convention (the centre of the top-left pixel is (0,0)).
+
+Scale buckets (pose.scale_aware, vop.scale_aware): the same extraction on the image downsampled by a factor
+2^(-j/2), j = 0..MAX_BUCKET (half-octaves), keypoints mapped back to the original pixels; bucket 0 is the
+ordinary extraction.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +33,32 @@ from vop.utils import root_sift as to_root_sift
 logger = logging.getLogger(__name__)
 
 
-def _resize(image: np.ndarray, resize_max: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The image downscaled so that its longer side is at most resize_max, and the (x, y) scale back."""
+MAX_BUCKET = 6  # 2^-3: an eighth of the size, the largest scale change worth a separate extraction
+
+
+def bucket_factor(bucket: int) -> float:
+    """The downsampling factor of a scale bucket: 2^(-bucket/2)."""
+    return 2.0 ** (-bucket / 2)
+
+
+def scale_bucket(factor: float) -> int:
+    """The scale bucket nearest (in log2) to a downsampling factor <= 1; no factor (NaN) or >= 1: 0, and the
+    smallest factors clamp at MAX_BUCKET."""
+    if not math.isfinite(factor) or factor >= 1:
+        return 0
+    if factor <= 0:
+        return MAX_BUCKET
+    return min(MAX_BUCKET, round(-2 * math.log2(factor)))
+
+
+def _resize(image: np.ndarray, resize_max: int | None, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The image downscaled so that its longer side is at most resize_max, then by `factor` (one resize),
+    and the (x, y) scale back."""
     h, w = image.shape[:2]
-    if not resize_max or max(w, h) <= resize_max:
+    s = min(1.0, resize_max / max(w, h)) if resize_max else 1.0
+    s *= factor
+    if s >= 1:
         return image, np.ones(2)
-    s = resize_max / max(w, h)
     new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
     return resized, np.array([w / new_w, h / new_h])
@@ -99,14 +124,30 @@ SIFT_BACKENDS = {"opencv": _sift_opencv, "pycolmap": _sift_colmap}
 
 
 def _sift_one(path: Path, max_keypoints: int, resize_max: int | None, root_sift: bool,
-              backend: str) -> dict[str, np.ndarray]:
+              backend: str, factor: float = 1.0) -> dict[str, np.ndarray]:
     image = read_image(path, grayscale=True)  # the stored grid, as COLMAP reads it (vop.images)
     h, w = image.shape[:2]
-    image, scale_xy = _resize(image, resize_max)
+    image, scale_xy = _resize(image, resize_max, factor)
     found = SIFT_BACKENDS[backend](image, max_keypoints, root_sift)
     if found is None:
         return _no_features(w, h)
     return _pack(*found, scale_xy, w, h)
+
+
+def _check_extractor(extractor: str) -> None:
+    if extractor not in SIFT_BACKENDS:
+        raise ValueError(f"unknown extractor {extractor!r}; choose one of {sorted(SIFT_BACKENDS)} "
+                         "(config: local_features.extractor)")
+
+
+def extract_at_bucket(path: str | Path, bucket: int, conf: LocalFeaturesConf = LocalFeaturesConf()
+                      ) -> dict[str, np.ndarray]:
+    """One image's local features at a scale bucket (as stored in local_features.h5): extracted with `conf` on
+    the image downsampled by bucket_factor(bucket) after resize_max, keypoints in the original pixels (so K
+    and the ground truth still apply)."""
+    _check_extractor(conf.extractor)
+    return _sift_one(Path(path), conf.max_keypoints, conf.resize_max, conf.root_sift, conf.extractor,
+                     bucket_factor(bucket))
 
 
 def extract_local_features(image_dir: str | Path, names: Sequence[str], out_h5: str | Path,
@@ -114,9 +155,7 @@ def extract_local_features(image_dir: str | Path, names: Sequence[str], out_h5: 
     """SIFT on every image of `names` (paths relative to `image_dir`), written to `out_h5` atomically."""
     image_dir, out_h5 = Path(image_dir), Path(out_h5)
     extractor = conf.extractor
-    if extractor not in SIFT_BACKENDS:
-        raise ValueError(f"unknown extractor {extractor!r}; choose one of {sorted(SIFT_BACKENDS)} "
-                         "(config: local_features.extractor)")
+    _check_extractor(extractor)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: image directory not found")
     if len(set(names)) != len(names):
@@ -138,11 +177,14 @@ def extract_local_features(image_dir: str | Path, names: Sequence[str], out_h5: 
     return out_h5
 
 
-def read_local_features(path: str | Path, names: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
-    """{name: {keypoints (N,2) float64, descriptors (N,D) float32, image_size (2,)}} for `names`."""
+def read_local_features(path: str | Path, names: Iterable[str], group: str = "/"
+                        ) -> dict[str, dict[str, np.ndarray]]:
+    """{name: {keypoints (N,2) float64, descriptors (N,D) float32, image_size (2,)}} for `names` (the image
+    groups under `group`: a scale bucket's of vop.scale_aware's cache)."""
     path = Path(path)
     out = {}
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r") as root:
+        f = root[group]
         for name in names:
             if name not in f or "keypoints" not in f[name]:
                 raise KeyError(f"{path}: no local features for image {name!r}; the file is stale or from "

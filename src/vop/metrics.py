@@ -89,6 +89,11 @@ def best_pair_errors(pose_df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def pair_errors(pose_df: pd.DataFrame) -> np.ndarray:
+    """max(R_err, t_err) of every pair of a pose.csv: what the all-pairs AUC (`auc@X_all`) is taken over."""
+    return np.maximum(pose_df["R_err_deg"].to_numpy(np.float64), pose_df["t_err_deg"].to_numpy(np.float64))
+
+
 def retrieved_per_query(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """{query: db names in file order (best first)}, queries in order of first appearance."""
     out: dict[str, list[str]] = {}
@@ -244,7 +249,7 @@ def _scene_stats(entry: dict, tau: float) -> dict:
         aps = average_precision_per_query(pairs, gt, int(entry["k"]), tau, entry["gt_h5"], database)
     return {
         "errors": best["error"].to_numpy(np.float64),
-        "pair_errors": np.maximum(pose_df["R_err_deg"].to_numpy(np.float64), pose_df["t_err_deg"].to_numpy(np.float64)),
+        "pair_errors": pair_errors(pose_df),
         "aps": aps,
         "matches": pose_df["num_matches"].to_numpy(np.float64),
         "inliers": pose_df["num_inliers"].to_numpy(np.float64),

@@ -55,21 +55,29 @@ def _check_image_sizes(features: dict, gt: GroundTruth, index: dict[str, int],
                 f"{gt_size.tolist()}; extract the local features from the images the ground truth describes")
 
 
+def image_name(key) -> str:
+    """The image of a features key: its name, or a (name, scale bucket) variant's (vop.scale_aware)."""
+    return key if isinstance(key, str) else key[0]
+
+
 @dataclass
 class PoseTask:
-    """What every pair needs: handed once to each worker by the pool's initializer (copy-on-write)."""
+    """What every pair needs: handed once to each worker by the pool's initializer (copy-on-write).
 
-    features: dict[str, dict[str, np.ndarray]]
+    Features are keyed by image name, or by (name, scale bucket) for pose.scale_aware (vop.scale_aware):
+    the ground truth is looked up by the image's name either way."""
+
+    features: dict
     gt: GroundTruth
     index: dict[str, int]
     conf: PoseConf
-    matches: dict[Pair, np.ndarray]  # canonical pair -> (M,2) matches
+    matches: dict  # canonical pair of features keys -> (M,2) matches
 
-    def pair(self, name0: str, name1: str) -> tuple:
-        """(num_matches, R, t, num_inliers, threshold) of T_{name0->name1}; R and t None when it failed."""
-        matches = self.matches[(name0, name1)]
-        f0, f1 = self.features[name0], self.features[name1]
-        i, j = self.index[name0], self.index[name1]
+    def pair(self, key0, key1) -> tuple:
+        """(num_matches, R, t, num_inliers, threshold) of T_{key0->key1}; R and t None when it failed."""
+        matches = self.matches[(key0, key1)]
+        f0, f1 = self.features[key0], self.features[key1]
+        i, j = self.index[image_name(key0)], self.index[image_name(key1)]
         # hloc keypoints -> COLMAP pixel convention of K.
         kpts0 = f0["keypoints"][matches[:, 0]] + 0.5
         kpts1 = f1["keypoints"][matches[:, 1]] + 0.5
@@ -80,7 +88,7 @@ class PoseTask:
         R, t, inliers, threshold = result
         return len(matches), R, t, int(inliers.sum()), threshold
 
-    def pairs(self, chunk: Sequence[tuple[str, str]]) -> list[tuple]:
+    def pairs(self, chunk: Sequence[tuple]) -> list[tuple]:
         return [self.pair(a, b) for a, b in chunk]
 
 
@@ -191,26 +199,40 @@ def estimate_poses(pairs: Sequence[tuple[str, str]], gt: GroundTruth | str | Pat
     features = read_local_features(local_features_h5, names)
     _check_image_sizes(features, gt, index, local_features_h5, gt_path)
     unique = unique_pairs(pairs)
-    estimates: dict[Pair, tuple] = {}
-    keys: dict[Pair, str] = {}
+    estimates, estimated = estimate_unique(unique, features, gt, index, conf, matching, num_workers, matches_h5,
+                                           local_features_h5, device, estimates_h5, shared)
+    rows = [pose_row(q, d, estimates[canonical_pair(q, d)], gt, index) for q, d in pairs]
+    write_csv(out_csv, POSE_COLUMNS, rows)
+    failed = sum(1 for r in rows if not math.isfinite(r[5]))
+    logger.info("Estimated %d relative poses (%d unordered pairs: %d estimated, %d copied from earlier estimates) "
+                "with %s at thresholds %s px (%d failed) into %s", len(rows), len(unique), estimated,
+                len(unique) - estimated, conf.estimator, list(conf.thresholds), failed, out_csv)
+    return rows
+
+
+def estimate_unique(unique: Sequence[tuple], features: dict, gt: GroundTruth, index: dict[str, int], conf: PoseConf,
+                    matching: MatchingConf, num_workers: int, matches_h5: str | Path | None = None,
+                    local_features_h5: str | Path | None = None, device: str | None = None,
+                    estimates_h5: str | Path | None = None, shared: Sequence[str | Path] = ()
+                    ) -> tuple[dict[tuple, tuple], int]:
+    """({canonical pair: estimate}, how many were estimated) of the canonical pairs `unique` of features keys
+    (image names, or (name, bucket) variants: vop.scale_aware). Estimates made from the same inputs are copied
+    from `estimates_h5` and the `shared` files (vop.estimates); the rest are matched (from the store, or here)
+    and estimated in `num_workers` processes; `estimates_h5` then holds exactly those of `unique`."""
+    estimates: dict[tuple, tuple] = {}
+    keys: dict[tuple, str] = {}
     if estimates_h5 is not None or shared:
-        digests = {name: feature_digest(features[name]) for name in names}
-        keys = {(a, b): estimate_key(digests[a], digests[b], gt.K[index[a]], gt.K[index[b]], matching, conf)
-                for a, b in unique}
+        digests = {key: feature_digest(features[key]) for key in dict.fromkeys(k for pair in unique for k in pair)}
+        keys = {(a, b): estimate_key(digests[a], digests[b], gt.K[index[image_name(a)]], gt.K[index[image_name(b)]],
+                                     matching, conf) for a, b in unique}
         caches = ([str(estimates_h5)] if estimates_h5 is not None else []) + [str(p) for p in shared]
         estimates, _ = read_estimates(list(dict.fromkeys(caches)), keys)
     todo = [pair for pair in unique if pair not in estimates]
     matches = pair_matches(todo, features, matching, matches_h5, local_features_h5, device)
     estimates.update(zip(todo, run_pairs(PoseTask(features, gt, index, conf, matches), todo, num_workers)))
-    rows = [pose_row(q, d, estimates[canonical_pair(q, d)], gt, index) for q, d in pairs]
-    write_csv(out_csv, POSE_COLUMNS, rows)
     if estimates_h5:
         write_estimates(estimates_h5, {pair: estimates[pair] for pair in unique}, keys)
-    failed = sum(1 for r in rows if not math.isfinite(r[5]))
-    logger.info("Estimated %d relative poses (%d unordered pairs: %d estimated, %d copied from earlier estimates) "
-                "with %s at thresholds %s px (%d failed) into %s", len(rows), len(unique), len(todo),
-                len(unique) - len(todo), conf.estimator, list(conf.thresholds), failed, out_csv)
-    return rows
+    return estimates, len(todo)
 
 
 def estimate_scene_poses(pairs: Sequence[tuple[str, str]], gt_h5: str | Path, local_features_h5: str | Path,

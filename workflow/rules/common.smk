@@ -266,25 +266,39 @@ def matches_inputs(wildcards):
 
 
 def metrics_runs(dataset):
-    """The (method, scene) runs of a dataset's table and figures, with the k each method retrieved."""
-    return [
-        {"method": m, "scene": s, "k": METHODS[m]["k"], **retrieval_mode(dataset)}
-        for m in DATASETS[dataset].conf.methods
-        for s in DATASETS[dataset].scenes
-    ]
+    """The (method, scene) runs of a dataset's table and figures, with the k each method retrieved; with
+    pose.scale_aware each NSO method's `{method}+scale` runs follow its own (`scale_aware_of`: the method)."""
+    runs = []
+    for m in DATASETS[dataset].conf.methods:
+        mine = [{"method": m, "scene": s, "k": METHODS[m]["k"], **retrieval_mode(dataset)}
+                for s in DATASETS[dataset].scenes]
+        runs += mine
+        if m in scale_aware_methods(dataset):
+            runs.extend({**run, "method": scale_run(m), "scale_aware_of": m} for run in mine)
+    return runs
 
 
 def auc_inputs(wildcards):
-    """Each run's files, in the order of metrics_runs(), which the table and plot scripts zip them with."""
+    """Each run's files, in the order of metrics_runs(), which the table and plot scripts zip them with (a
+    +scale run: its method's pairs, its scale-aware poses)."""
     ds = wildcards.dataset
-    runs = [(run["method"], run["scene"]) for run in metrics_runs(ds)]
+    runs = [(run.get("scale_aware_of", run["method"]), run["scene"], "scale_aware_of" in run)
+            for run in metrics_runs(ds)]
     inputs = {
-        "pairs": [rules.retrieve.output.pairs.format(dataset=ds, scene=s, method=m) for m, s in runs],
-        "gt": [rules.ground_truth.output[0].format(dataset=ds, scene=s) for m, s in runs],
+        "pairs": [rules.retrieve.output.pairs.format(dataset=ds, scene=s, method=m) for m, s, _ in runs],
+        "gt": [rules.ground_truth.output[0].format(dataset=ds, scene=s) for m, s, _ in runs],
     }
     if DATASETS[ds].has_poses:  # images without poses: retrieval only, no pose.csv
-        inputs["pose"] = [rules.pose.output[0].format(dataset=ds, scene=s, method=m) for m, s in runs]
+        inputs["pose"] = [(rules.pose_scale_aware if scaled else rules.pose).output[0].format(dataset=ds, scene=s,
+                                                                                               method=m)
+                          for m, s, scaled in runs]
     return inputs
+
+
+def pose_conf():
+    """The pose block as estimation sees it: scale_aware says which runs exist, so turning it on reruns no
+    pose job."""
+    return canonical({key: value for key, value in config["pose"].items() if key != "scale_aware"})
 
 
 # The other protocols (protocols.smk)
@@ -426,3 +440,34 @@ def overlap_inputs(wildcards):
 
 def nso_runs(dataset):
     return [{"method": m, "scene": s} for m in nso_methods(dataset) for s in DATASETS[dataset].scenes]
+
+
+# pose.scale_aware (pose.smk, vop.scale_aware)
+
+def scale_run(method):
+    """The auc.csv and scale.csv method of a method's scale-aware run."""
+    return f"{method}+scale"
+
+
+def scale_aware_methods(dataset):
+    """The methods posed again at their predicted relative scale: with pose.scale_aware, the NSO methods of a
+    dataset with poses (their overlap.csv gives the scale)."""
+    if not config["pose"]["scale_aware"] or dataset not in nso_datasets():
+        return []
+    return nso_methods(dataset)
+
+
+def scale_datasets():
+    return [ds for ds in nso_datasets() if scale_aware_methods(ds)]
+
+
+def scale_runs(dataset):
+    """The runs of scale.csv: each NSO method and its +scale run per scene, with the files they read."""
+    runs = []
+    for m in scale_aware_methods(dataset):
+        for rule, method in ((rules.pose, m), (rules.pose_scale_aware, scale_run(m))):
+            runs.extend({"method": method, "scene": s,
+                         "pose": rule.output[0].format(dataset=dataset, scene=s, method=m),
+                         "overlap": rules.overlap.output[0].format(dataset=dataset, scene=s, method=m)}
+                        for s in DATASETS[dataset].scenes)
+    return runs

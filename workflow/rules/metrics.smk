@@ -76,3 +76,31 @@ rule plots:
         "../../envs/vop.yaml"
     script:
         "../../scripts/plots.py"
+
+
+rule scale_table:
+    """pose.scale_aware: each NSO method and its +scale run, per scene and ALL: pose AUC over every retrieved pair
+    and over those whose true relative scale is 2x or more either way."""
+    input:
+        pose=lambda wc: [run["pose"] for run in scale_runs(wc.dataset)],
+        overlap=lambda wc: [run["overlap"] for run in scale_runs(wc.dataset)],
+    output:
+        report(
+            "results/{dataset}/scale.csv",
+            caption="../report/scale.rst",
+            category="Results",
+            labels=lambda wc: {"dataset": wc.dataset, "figure": "scale table"},
+        ),
+    params:
+        runs=lambda wc: [{"method": run["method"], "scene": run["scene"]} for run in scale_runs(wc.dataset)],
+    wildcard_constraints:
+        dataset=alternatives(scale_datasets()),
+    log:
+        "logs/{dataset}/scale_table.log",
+    benchmark:
+        "logs/{dataset}/scale_table.benchmark.tsv"
+    localrule: True
+    conda:
+        "../../envs/vop.yaml"
+    script:
+        "../../scripts/scale_table.py"
