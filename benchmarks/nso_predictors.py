@@ -31,7 +31,7 @@ import pandas as pd
 from vop.conf import EncoderConf
 from vop.encoder import apply_encoder
 from vop.io import read_gt
-from vop.nso import LARGE_SCALE_CHANGE, nso_errors
+from vop.nso import large_scale_change, nso_errors
 from vop.voting import PatchStore, chance_threshold
 
 THRESHOLDS = np.round(np.arange(0.50, 0.995, 0.01), 2)
@@ -114,7 +114,7 @@ def main():
 
     truth_scale = test["head"].column(5)
     no_overlap = ~np.isfinite(truth_scale)
-    large = np.isfinite(truth_scale) & ((truth_scale >= LARGE_SCALE_CHANGE) | (truth_scale <= 1 / LARGE_SCALE_CHANGE))
+    large = large_scale_change(truth_scale)
     splits = {"all": None, "no shared surface": no_overlap, "scale 2x+": large, "rest": ~no_overlap & ~large}
     print(f"{args.method}'s retrieved ordered pairs in {args.results}: {len(truth_scale)}; "
           + ", ".join(f"{k} {int(v.sum())}" for k, v in splits.items() if v is not None))

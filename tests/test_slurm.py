@@ -296,7 +296,7 @@ def test_sharded_demo_through_the_profile_equals_an_unsharded_local_run(cluster,
 
     expected = pd.read_csv(local / "results/demo/auc.csv")
     table = pd.read_csv(checkout / "results/demo/auc.csv")
-    assert list(table["method"].unique()) == ["vop", "cls", "oracle"]
+    assert list(table["method"].unique()) == ["vop", "vop+scale", "cls", "cls+scale", "oracle"]  # pose.scale_aware
     pd.testing.assert_frame_equal(table, expected)
     scene = next(p.name for p in (local / "results/demo").iterdir() if (p / "cls").is_dir())
     for method in ("vop", "cls"):
@@ -309,13 +309,14 @@ def test_sharded_demo_through_the_profile_equals_an_unsharded_local_run(cluster,
     assert set(jobs["state"]) == {"COMPLETED"}, jobs
     assert set(jobs["account"]) == {ACCOUNT} and set(jobs["partition"]) == {PARTITION}
     # one job per shard and per scene index; the small stages in group jobs (their comment: the group, then
-    # its rules), the three pose and two overlap jobs batched in one; the shard plan and the tables are local
+    # its rules), the three pose, two overlap and two scale-aware pose jobs batched in one; the shard plan and
+    # the tables are local
     assert Counter(jobs["comment"].str.replace(r"_wildcards_.*", "", regex=True)) == {
         "rule_scene_generate_scene_ground_truth_local_features": 1,
         "rule_scene_generate_scene_ground_truth_patch_labels": 1,
         "rule_features_shard": 3, "rule_scene_gpu_features": 1, "rule_train_encoder": 1,
         "rule_scene_gpu_embeddings_features": 1, "rule_scene_index": 2, "rule_retrieve_shard": 6,
-        "rule_scene_gpu_matches_retrieve": 3, "rule_pose_overlap_pose": 1, "rule_plots": 1, "rule_nso_plots": 1}, jobs
+        "rule_scene_gpu_matches_retrieve": 3, "rule_pose_overlap_pose_pose_scale_aware": 1, "rule_plots": 1, "rule_nso_plots": 1}, jobs
     # sbatch got each single job's threads and mem_mb as its rule resolved them for its wildcards
     resources = threads_and_memory(out)
     singles = jobs[jobs["comment"].str.contains("_wildcards_")]

@@ -202,6 +202,12 @@ PREDICTOR_COLUMNS = {"votes": ("enclosure", "concentration"),
 LARGE_SCALE_CHANGE = 2.0  # pairs whose true relative scale is >= 2 or <= 1/2
 
 
+def large_scale_change(scale) -> np.ndarray:
+    """Pairs whose relative scale is LARGE_SCALE_CHANGE or more either way (no scale: no)."""
+    s = np.asarray(scale, np.float64)
+    return np.isfinite(s) & ((s >= LARGE_SCALE_CHANGE) | (s <= 1 / LARGE_SCALE_CHANGE))
+
+
 def baseline_nso(features_h5, names: Sequence[str], queries: np.ndarray, db: np.ndarray, chance: float | None = 0.1,
                  seed: int = 0, device: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Enclosure and concentration (num_queries, k) of retrieved pairs from the backbone's own patches (no
@@ -310,7 +316,7 @@ def _table_row(method: str, predictor: str, scene: str, parts: list[dict[str, np
     enclosure, concentration = (cols[c] for c in PREDICTOR_COLUMNS[predictor])
     errors = nso_errors(enclosure, concentration, cols["true_enclosure"], cols["true_concentration"], tol)
     ts = cols["true_relative_scale"]
-    large = int(np.sum(np.isfinite(ts) & ((ts >= LARGE_SCALE_CHANGE) | (ts <= 1 / LARGE_SCALE_CHANGE))))
+    large = int(np.sum(large_scale_change(ts)))
     return [method, predictor, scene, errors["pairs"], *(f"{errors[k]:.4f}" for k in ("rmse", "l1", "acc")), large]
 
 

@@ -34,7 +34,7 @@ def _options(text: str, where: str) -> dict[str, str]:
     return options
 
 
-COUNTS = ("k", "num_queries", "pairs", "pairs_scale_2x")  # printed as they are; every other number with one decimal
+COUNTS = ("k", "num_queries", "pairs", "pairs_scale_2x", "large_scale_pairs")  # as they are; others one decimal
 FRACTIONS = ("rmse", "l1")  # errors of shares in [0, 1] (nso.csv): three decimals
 
 

@@ -34,7 +34,7 @@ from vop.conf import LocalFeaturesConf, MatchingConf, PoseConf
 from vop.io import POSE_COLUMNS, GroundTruth, atomic_path, read_gt, write_csv
 from vop.local_features import extract_at_bucket, read_local_features, scale_bucket
 from vop.match_store import canonical_pair, feature_digest, scene_lock, unique_pairs
-from vop.nso import LARGE_SCALE_CHANGE, downsampling
+from vop.nso import downsampling, large_scale_change
 from vop.pose import _check_image_sizes, _check_pairs, estimate_unique, pose_row
 from vop.progress import progress
 
@@ -205,12 +205,6 @@ def estimate_scene_scale_aware_poses(pairs: Sequence[tuple[str, str]], overlap_c
 
 SCALE_COLUMNS = ["method", "scene", "pairs", "auc@5_all", "auc@10_all", "auc@20_all", "large_scale_pairs",
                  "auc@5_large", "auc@10_large", "auc@20_large"]
-
-
-def large_scale_change(true_scale: np.ndarray) -> np.ndarray:
-    """Pairs whose true relative scale is LARGE_SCALE_CHANGE or more either way (vop.nso's nso.csv count)."""
-    s = np.asarray(true_scale, np.float64)
-    return np.isfinite(s) & ((s >= LARGE_SCALE_CHANGE) | (s <= 1 / LARGE_SCALE_CHANGE))
 
 
 def _run_parts(run: Mapping) -> tuple[np.ndarray, np.ndarray]:
