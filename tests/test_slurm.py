@@ -316,7 +316,8 @@ def test_sharded_demo_through_the_profile_equals_an_unsharded_local_run(cluster,
         "rule_scene_generate_scene_ground_truth_patch_labels": 1,
         "rule_features_shard": 3, "rule_scene_gpu_features": 1, "rule_train_encoder": 1,
         "rule_scene_gpu_embeddings_features": 1, "rule_scene_index": 2, "rule_retrieve_shard": 6,
-        "rule_scene_gpu_matches_retrieve": 3, "rule_pose_overlap_pose_pose_scale_aware": 1, "rule_plots": 1, "rule_nso_plots": 1}, jobs
+        "rule_scene_gpu_matches_retrieve": 3, "rule_pose_overlap_pose_pose_scale_aware": 1, "rule_plots": 1,
+        "rule_nso_plots": 1}, jobs
     # sbatch got each single job's threads and mem_mb as its rule resolved them for its wildcards
     resources = threads_and_memory(out)
     singles = jobs[jobs["comment"].str.contains("_wildcards_")]
