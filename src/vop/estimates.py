@@ -21,7 +21,6 @@ key: it copies the ordinary pose job's estimate), else the pair key with the buc
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,10 +28,9 @@ import h5py
 import numpy as np
 
 from vop.conf import MatchingConf, PoseConf
-from vop.io import atomic_path
+from vop.io import atomic_path, copy_cached
 from vop.match_store import Pair, names_to_pair
 
-logger = logging.getLogger(__name__)
 
 FORMAT = "vop-estimates/1"
 
@@ -74,32 +72,18 @@ def estimate_key(digest0: str, digest1: str, K0: np.ndarray, K1: np.ndarray, mat
 
 def read_estimates(paths: Sequence[str | Path], keys: Mapping[Pair, str]) -> tuple[dict[Pair, Estimate], dict]:
     """The estimates of the pairs of `keys` that the files `paths` hold with the same key; and {path: count}."""
+
+    def entry(f: h5py.File, pair: Pair) -> Estimate | None:
+        name, recorded = _entry(pair)
+        g = f.get(name)
+        if g is None or g.attrs.get("key") != keys[pair] or _recorded(g) != recorded:
+            return None
+        R = g["R"][()] if "R" in g else None
+        t = g["t"][()] if "t" in g else None
+        return int(g.attrs["num_matches"]), R, t, int(g.attrs["num_inliers"]), float(g.attrs["threshold"])
+
     found: dict[Pair, Estimate] = {}
-    taken = {}
-    for path in map(Path, paths):
-        missing = [pair for pair in keys if pair not in found]
-        if not missing or not path.is_file():
-            continue
-        try:
-            with h5py.File(path, "r") as f:
-                if f.attrs.get("format") != FORMAT:
-                    continue
-                count = 0
-                for pair in missing:
-                    name, recorded = _entry(pair)
-                    if name not in f:
-                        continue
-                    g = f[name]
-                    if g.attrs.get("key") != keys[pair] or _recorded(g) != recorded:
-                        continue
-                    R = g["R"][()] if "R" in g else None
-                    t = g["t"][()] if "t" in g else None
-                    found[pair] = (int(g.attrs["num_matches"]), R, t, int(g.attrs["num_inliers"]),
-                                   float(g.attrs["threshold"]))
-                    count += 1
-                taken[path] = count
-        except OSError as err:  # an unreadable cache is no cache
-            logger.warning("%s: not reused (%s)", path, err)
+    taken = copy_cached(paths, keys, found, entry, lambda f, _: f.attrs.get("format") == FORMAT)
     return found, taken
 
 

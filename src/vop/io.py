@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import unicodedata
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def copy_cached(paths: Iterable[str | Path], wanted: Iterable, found: dict, entry: Callable,
+                usable: Callable | None = None) -> dict[Path, int]:
+    """Copy into `found` what the h5 caches `paths` hold of the keys `wanted` not found yet, in order:
+    `entry(file, key)` gives a key's value, or None where the file lacks it or holds a stale one;
+    `usable(file, path)` False skips a whole file. A file that cannot be read is no cache (logged). Returns
+    {path: entries taken} (the matches store, the pose estimates, the scale-aware features)."""
+    import logging
+
+    wanted, taken = list(wanted), {}
+    for path in map(Path, paths):
+        missing = [key for key in wanted if key not in found]
+        if not missing or not path.is_file():
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                if usable is not None and not usable(f, path):
+                    continue
+                count = 0
+                for key in missing:
+                    value = entry(f, key)
+                    if value is not None:
+                        found[key] = value
+                        count += 1
+                taken[path] = count
+        except OSError as err:  # the entries are made again instead
+            logging.getLogger(__name__).warning("%s: not reused (%s)", path, err)
+    return taken
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from vop.conf import MatchingConf
-from vop.io import atomic_path, read_pairs
+from vop.io import atomic_path, copy_cached, read_pairs
 from vop.local_features import read_local_features
 from vop.matching import match_pairs
 
@@ -143,27 +143,18 @@ def _valid_entry(f: h5py.File, pair: Pair, digests: tuple[str, str]) -> h5py.Gro
 def _cached_entries(paths: Sequence[Path], needed: Sequence[Pair], digests: Mapping[str, str], conf: MatchingConf,
                     found: dict[Pair, tuple[np.ndarray, np.ndarray]]) -> dict[Path, int]:
     """Copy into `found` the valid entries of `needed` that the stores `paths` hold; {path: pairs taken}."""
-    taken = {}
-    for path in paths:
-        missing = [pair for pair in needed if pair not in found]
-        if not missing or not path.is_file():
-            continue
-        try:
-            with h5py.File(path, "r") as f:
-                why = _stale_conf(f, conf)
-                if why:
-                    logger.info("%s: not reused, %s", path, why)
-                    continue
-                count = 0
-                for pair in missing:
-                    g = _valid_entry(f, pair, (digests[pair[0]], digests[pair[1]]))
-                    if g is not None:
-                        found[pair] = (g["matches0"][()], g["matching_scores0"][()])
-                        count += 1
-                taken[path] = count
-        except OSError as err:  # a cache that cannot be read is no cache; the pairs are matched instead
-            logger.warning("%s: not reused (%s)", path, err)
-    return taken
+
+    def usable(f: h5py.File, path: Path) -> bool:
+        why = _stale_conf(f, conf)
+        if why:
+            logger.info("%s: not reused, %s", path, why)
+        return not why
+
+    def entry(f: h5py.File, pair: Pair):
+        g = _valid_entry(f, pair, (digests[pair[0]], digests[pair[1]]))
+        return None if g is None else (g["matches0"][()], g["matching_scores0"][()])
+
+    return copy_cached(paths, needed, found, entry, usable)
 
 
 def update_store(store_h5: str | Path, pairs: Iterable[Pair], features: Mapping[str, Mapping[str, np.ndarray]],

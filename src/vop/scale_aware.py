@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from vop.conf import LocalFeaturesConf, MatchingConf, PoseConf
-from vop.io import POSE_COLUMNS, GroundTruth, atomic_path, read_gt, write_csv
+from vop.io import POSE_COLUMNS, GroundTruth, atomic_path, copy_cached, read_gt, write_csv
 from vop.local_features import extract_at_bucket, read_local_features, scale_bucket
 from vop.match_store import canonical_pair, feature_digest, scene_lock, unique_pairs
 from vop.nso import downsampling, large_scale_change
@@ -76,25 +76,14 @@ def entry_key(conf: LocalFeaturesConf, bucket: int, source_digest: str) -> str:
 
 def _cached(paths: Iterable[Path], keys: Mapping[Variant, str], found: dict[Variant, dict]) -> dict[Path, int]:
     """Copy into `found` the entries of `keys` that the caches `paths` hold with the same key; {path: count}."""
-    taken = {}
-    for path in paths:
-        missing = [v for v in keys if v not in found]
-        if not missing or not path.is_file():
-            continue
-        try:
-            with h5py.File(path, "r") as f:
-                if f.attrs.get("format") != FORMAT:
-                    continue
-                count = 0
-                for variant in missing:
-                    g = f.get(f"{_group(variant[1])}/{variant[0]}")
-                    if isinstance(g, h5py.Group) and g.attrs.get("key") == keys[variant] and "keypoints" in g:
-                        found[variant] = {k: g[k][()] for k in STORED}
-                        count += 1
-                taken[path] = count
-        except OSError as err:  # an unreadable cache is no cache: its entries are extracted again
-            logger.warning("%s: not reused (%s)", path, err)
-    return taken
+
+    def entry(f: h5py.File, variant: Variant) -> dict | None:
+        g = f.get(f"{_group(variant[1])}/{variant[0]}")
+        if isinstance(g, h5py.Group) and g.attrs.get("key") == keys[variant] and "keypoints" in g:
+            return {k: g[k][()] for k in STORED}
+        return None
+
+    return copy_cached(paths, keys, found, entry, lambda f, _: f.attrs.get("format") == FORMAT)
 
 
 def update_scaled_features(cache_h5: str | Path, image_dir: str | Path, variants: Iterable[Variant],
