@@ -31,7 +31,6 @@ from vop.conf import MatchingConf, PoseConf
 from vop.io import atomic_path, copy_cached
 from vop.match_store import Pair, names_to_pair
 
-
 FORMAT = "vop-estimates/1"
 
 # (num_matches, R (3,3) or None, t (3,) or None, num_inliers, threshold): T_{name0->name1} of a canonical pair
