@@ -24,7 +24,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
@@ -32,15 +31,15 @@ from vop.conf import EncoderConf
 from vop.encoder import apply_encoder
 from vop.io import read_gt
 from vop.nso import large_scale_change, nso_errors
+from vop.utils import l2_normalize
 from vop.voting import PatchStore, chance_threshold
 
 THRESHOLDS = np.round(np.arange(0.50, 0.995, 0.01), 2)
 
 
-def unit_patches(path: Path, names: list[str]) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        patches = np.stack([f[n]["patch_descriptors"][()].astype(np.float32) for n in names])
-    return patches / (np.linalg.norm(patches, axis=-1, keepdims=True) + 1e-12)
+def unit_patches(store: PatchStore) -> np.ndarray:
+    """Every image's L2-normalised patches (num_images, M, D)."""
+    return l2_normalize(store.read(np.arange(store.num_images)))
 
 
 def best_cosines(patches: np.ndarray, q: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +96,7 @@ def main():
             apply_encoder(scene / features_name, head, EncoderConf(type="vop", backbone=args.backbone), args.encoder,
                           names=gt.names, device="cpu")
             for kind, path in (("head", head), ("patches", scene / features_name)):
-                train[kind].add(unit_patches(path, gt.names), q, d, gt)
+                train[kind].add(unit_patches(PatchStore.from_h5(path, gt.names)), q, d, gt)
     fitted = {kind: train[kind].best_threshold() for kind in embeddings}
 
     test = {kind: Pairs() for kind in embeddings}
@@ -109,8 +108,9 @@ def main():
         d = np.array([index[n] for n in table["db"]])
         head = next(scene.glob("embeddings-vop*.h5"))
         for kind, path in (("head", head), ("patches", scene / features_name)):
-            tau = chance_threshold(PatchStore.from_h5(path, gt.names), args.nso_chance)
-            test[kind].add(unit_patches(path, gt.names), q, d, gt, tau, table["true_relative_scale"].to_numpy())
+            store = PatchStore.from_h5(path, gt.names)
+            tau = chance_threshold(store, args.nso_chance)
+            test[kind].add(unit_patches(store), q, d, gt, tau, table["true_relative_scale"].to_numpy())
 
     truth_scale = test["head"].column(5)
     no_overlap = ~np.isfinite(truth_scale)

@@ -24,7 +24,7 @@ import yaml
 from vop.conf import LocalFeaturesConf, MatchingConf, PoseConf
 from vop.io import read_pairs
 from vop.metrics import pair_errors, pose_auc, read_pose_csv
-from vop.nso import large_scale_change
+from vop.nso import large_scale_change, pair_values
 from vop.scale_aware import estimate_scale_aware_poses, pair_buckets
 
 
@@ -56,9 +56,7 @@ def main():
         for scene in sorted(p.parent.parent for p in args.results.glob(f"*/{args.method}/overlap.csv")):
             run = scene / args.method
             pairs = read_pairs(run / "pairs.txt")
-            with open(run / "overlap.csv", newline="") as f:
-                truth = {(r["query"], r["db"]): float(r["true_relative_scale"] or "nan") for r in csv.DictReader(f)}
-            large.append(large_scale_change([truth[p] for p in pairs]))
+            large.append(large_scale_change(pair_values(run / "overlap.csv", "true_relative_scale", pairs)))
             runs["ordinary"].append(read_pose_csv(run / "pose.csv"))
             oracle = Path(tmp) / f"{scene.name}_overlap_true.csv"
             with_true_scale(run / "overlap.csv", oracle)

@@ -208,12 +208,26 @@ def large_scale_change(scale) -> np.ndarray:
     return np.isfinite(s) & ((s >= LARGE_SCALE_CHANGE) | (s <= 1 / LARGE_SCALE_CHANGE))
 
 
+def pair_values(overlap_csv, column: str, pairs: Sequence[tuple[str, str]], of: str = "the pairs") -> np.ndarray:
+    """The `column` of overlap.csv for each (query, db) of `pairs`, in order (NaN where the cell is empty); a
+    pair it has no row for is an error naming `of` (what asked for it)."""
+    import csv
+
+    with open(overlap_csv, newline="") as f:
+        values = {(r["query"], r["db"]): float(r[column]) if r[column] else np.nan for r in csv.DictReader(f)}
+    missing = [pair for pair in pairs if tuple(pair) not in values]
+    if missing:
+        raise ValueError(f"{overlap_csv}: no row for pair {missing[0]} of {of}; it is older than them: rerun its "
+                         "rule (overlap)")
+    return np.array([values[tuple(pair)] for pair in pairs], np.float64)
+
+
 def baseline_nso(features_h5, names: Sequence[str], queries: np.ndarray, db: np.ndarray, chance: float | None = 0.1,
                  seed: int = 0, device: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Enclosure and concentration (num_queries, k) of retrieved pairs from the backbone's own patches (no
     trained head) with VOP's kernel (vop.voting, coverage) and the same partner threshold as a vop method's
-    (`chance_threshold` of these patches; chance None: the paper's automatic radius): the like-for-like
-    baseline of a method without votes (cls)."""
+    (`chance_threshold` of these patches; chance None: the paper's automatic radius): cls's prediction, and
+    the like-for-like baseline of a vop method's pairs."""
     from vop.voting import PatchStore, auto_radius, chance_threshold, subset, vote_scores
 
     store = PatchStore.from_h5(features_h5, names, device=device)

@@ -19,10 +19,8 @@ both images at bucket 0 has the ordinary features, so it copies the method's pos
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +32,7 @@ from vop.conf import LocalFeaturesConf, MatchingConf, PoseConf
 from vop.io import POSE_COLUMNS, GroundTruth, atomic_path, copy_cached, read_gt, write_csv
 from vop.local_features import extract_at_bucket, read_local_features, scale_bucket
 from vop.match_store import canonical_pair, feature_digest, scene_lock, unique_pairs
-from vop.nso import downsampling, large_scale_change
+from vop.nso import downsampling, large_scale_change, pair_values
 from vop.pose import _check_image_sizes, _check_pairs, estimate_unique, pose_row
 from vop.progress import progress
 
@@ -49,14 +47,7 @@ Variant = tuple[str, int]  # (image name, scale bucket)
 def pair_buckets(overlap_csv: str | Path, pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
     """(query bucket, db bucket) of each (query, db) of `pairs` from its predicted relative scale in overlap.csv
     (an empty cell, no scale: both 0)."""
-    with open(overlap_csv, newline="") as f:
-        scales = {(r["query"], r["db"]): float(r["relative_scale"]) if r["relative_scale"] else math.nan
-                  for r in csv.DictReader(f)}
-    missing = [pair for pair in pairs if pair not in scales]
-    if missing:
-        raise ValueError(f"{overlap_csv}: no row for pair {missing[0]}; it is older than the pairs: rerun its rule "
-                         "(overlap)")
-    query, db = downsampling([scales[pair] for pair in pairs])
+    query, db = downsampling(pair_values(overlap_csv, "relative_scale", pairs))
     return [(scale_bucket(float(q)), scale_bucket(float(d))) for q, d in zip(np.atleast_1d(query), np.atleast_1d(db))]
 
 
@@ -201,14 +192,9 @@ def _run_parts(run: Mapping) -> tuple[np.ndarray, np.ndarray]:
     from vop.metrics import pair_errors, read_pose_csv
 
     pose = read_pose_csv(run["pose_csv"])
-    with open(run["overlap_csv"], newline="") as f:
-        true = {(r["query"], r["db"]): float(r["true_relative_scale"]) if r["true_relative_scale"] else math.nan
-                for r in csv.DictReader(f)}
-    keys = list(zip(pose["query"], pose["db"]))
-    missing = [k for k in keys if k not in true]
-    if missing:
-        raise ValueError(f"{run['overlap_csv']}: no row for pair {missing[0]} of {run['pose_csv']}; rerun overlap")
-    return pair_errors(pose), large_scale_change(np.array([true[k] for k in keys]))
+    true = pair_values(run["overlap_csv"], "true_relative_scale", list(zip(pose["query"], pose["db"])),
+                       str(run["pose_csv"]))
+    return pair_errors(pose), large_scale_change(true)
 
 
 def _scale_row(method: str, scene: str, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> list:
